@@ -1,0 +1,1 @@
+//! dgq-capi (filled by later issues).

@@ -1,0 +1,1 @@
+//! Packed-weight format v1 (see `docs/FORMAT.md`).

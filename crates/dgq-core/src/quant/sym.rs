@@ -1,0 +1,84 @@
+//! Symmetric integer weights with FP16 group scales: `W ≈ scale[n, k/g] · q[n, k]`.
+//! Used for W8A8 (int8, per-channel: group = K) and FineQuant (int8/int4, adaptive group size).
+
+use half::f16;
+use ndarray::{Array2, Axis};
+
+use super::Bits;
+use crate::error::{check_group_size, Error, Result};
+
+/// A symmetric integer weight `[N, K]` (canonical, unpacked layout).
+///
+/// Invariants: `K % group_size == 0` (`group_size == K` means per-channel); codes in
+/// `[−7, 7]` (int4) or `[−127, 127]` (int8); scales finite and `> 0`, shape `[N, K/g]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SymIntWeight {
+    /// Code width.
+    pub bits: Bits,
+    /// Group size along K.
+    pub group_size: usize,
+    /// Codes `[N, K]`, one per byte.
+    pub q: Array2<i8>,
+    /// FP16 scales `[N, K/g]`.
+    pub scales: Array2<f16>,
+}
+
+impl SymIntWeight {
+    /// Builds a weight from its parts and validates every invariant.
+    pub fn new(bits: Bits, group_size: usize, q: Array2<i8>, scales: Array2<f16>) -> Result<Self> {
+        let w = SymIntWeight { bits, group_size, q, scales };
+        w.validate()?;
+        Ok(w)
+    }
+
+    /// Output channels N.
+    pub fn n(&self) -> usize {
+        self.q.nrows()
+    }
+    /// Input channels K.
+    pub fn k(&self) -> usize {
+        self.q.ncols()
+    }
+
+    /// Checks every invariant; the error names the tensor and the first offending element.
+    pub fn validate(&self) -> Result<()> {
+        let (n, k) = self.q.dim();
+        check_group_size(k, self.group_size)?;
+        if self.bits == Bits::Int4 && (k % 2 != 0 || self.group_size % 2 != 0) {
+            return Err(Error::GroupSize {
+                k,
+                group_size: self.group_size,
+                reason: "int4 needs K and the group size even for nibble packing",
+            });
+        }
+        let ng = k / self.group_size;
+        if self.scales.dim() != (n, ng) {
+            return Err(Error::shape("scales", format!("[{n}, {ng}]"), format!("{:?}", self.scales.shape())));
+        }
+        for ((r, c), s) in self.scales.indexed_iter() {
+            let v = s.to_f32();
+            if !v.is_finite() || v <= 0.0 {
+                return Err(Error::invariant("scales", format!("scales[{r}, {c}] = {v} must be finite and > 0")));
+            }
+        }
+        let m = self.bits.sym_max() as i8;
+        for ((r, c), &q) in self.q.indexed_iter() {
+            if q < -m || q > m {
+                return Err(Error::invariant("q", format!("q[{r}, {c}] = {q} outside [-{m}, {m}]")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Dequantized `[N, K]` f32 weight.
+    pub fn dequantize(&self) -> Array2<f32> {
+        let g = self.group_size;
+        let mut out = self.q.mapv(|v| v as f32);
+        for (r, mut row) in out.axis_iter_mut(Axis(0)).enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v *= self.scales[[r, c / g]].to_f32();
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,1 @@
+//! CPU reference kernels: the truth every other kernel is tested against.

@@ -1,0 +1,1 @@
+//! dgq-cuda (filled by later issues).

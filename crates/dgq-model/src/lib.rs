@@ -1,0 +1,1 @@
+//! dgq-model (filled by later issues).

@@ -52,8 +52,13 @@ pub enum Error {
     },
 }
 
+#[allow(dead_code)] // constructors used by modules that land in parallel
 impl Error {
-    pub(crate) fn shape(what: impl Into<String>, expected: impl ToString, got: impl ToString) -> Self {
+    pub(crate) fn shape(
+        what: impl Into<String>,
+        expected: impl ToString,
+        got: impl ToString,
+    ) -> Self {
         Error::Shape {
             what: what.into(),
             expected: expected.to_string(),
@@ -94,7 +99,9 @@ pub fn check_finite<'a, D: ndarray::Dimension>(
         if !v.is_finite() {
             return Err(Error::NonFinite {
                 what: what.to_string(),
-                index: ndarray::IntoDimension::into_dimension(idx).as_array_view().to_vec(),
+                index: ndarray::IntoDimension::into_dimension(idx)
+                    .as_array_view()
+                    .to_vec(),
             });
         }
     }
@@ -104,10 +111,18 @@ pub fn check_finite<'a, D: ndarray::Dimension>(
 /// Checks a group size against K (non-zero, divides K).
 pub fn check_group_size(k: usize, group_size: usize) -> Result<()> {
     if group_size == 0 {
-        return Err(Error::GroupSize { k, group_size, reason: "must be positive" });
+        return Err(Error::GroupSize {
+            k,
+            group_size,
+            reason: "must be positive",
+        });
     }
     if k % group_size != 0 {
-        return Err(Error::GroupSize { k, group_size, reason: "must divide K" });
+        return Err(Error::GroupSize {
+            k,
+            group_size,
+            reason: "must divide K",
+        });
     }
     Ok(())
 }

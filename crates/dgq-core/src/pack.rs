@@ -19,7 +19,10 @@ pub fn pack_u4(q: ArrayView2<u8>) -> Result<Array2<u8>> {
             let lo = q[[r, 2 * i]];
             let hi = q[[r, 2 * i + 1]];
             if lo > 15 || hi > 15 {
-                return Err(Error::invariant("q", format!("code at row {r} near column {} exceeds 15", 2 * i)));
+                return Err(Error::invariant(
+                    "q",
+                    format!("code at row {r} near column {} exceeds 15", 2 * i),
+                ));
             }
             out[[r, i]] = lo | (hi << 4);
         }
@@ -30,7 +33,9 @@ pub fn pack_u4(q: ArrayView2<u8>) -> Result<Array2<u8>> {
 /// Unpacks `[N, K/2]` bytes into u4 codes `[N, K]`.
 pub fn unpack_u4(p: ArrayView2<u8>) -> Array2<u8> {
     let (n, kh) = p.dim();
-    Array2::from_shape_fn((n, kh * 2), |(r, c)| (p[[r, c / 2]] >> ((c % 2) * 4)) & 0x0f)
+    Array2::from_shape_fn((n, kh * 2), |(r, c)| {
+        (p[[r, c / 2]] >> ((c % 2) * 4)) & 0x0f
+    })
 }
 
 /// Packs signed int4 codes `[N, K]` (values −8..=7, K even) into `[N, K/2]` two's-complement nibbles.
@@ -40,7 +45,10 @@ pub fn pack_i4(q: ArrayView2<i8>) -> Result<Array2<u8>> {
         return Err(Error::shape("i4 codes", "an even number of columns", k));
     }
     if let Some(((r, c), v)) = q.indexed_iter().find(|(_, &v)| !(-8..=7).contains(&v)) {
-        return Err(Error::invariant("q", format!("int4 code q[{r}, {c}] = {v} outside [-8, 7]")));
+        return Err(Error::invariant(
+            "q",
+            format!("int4 code q[{r}, {c}] = {v} outside [-8, 7]"),
+        ));
     }
     let u = q.mapv(|v| (v as u8) & 0x0f);
     pack_u4(u.view())

@@ -2,10 +2,11 @@
 //! Used for W8A8 (int8, per-channel: group = K) and FineQuant (int8/int4, adaptive group size).
 
 use half::f16;
-use ndarray::{Array2, Axis};
+use ndarray::{Array2, ArrayView2, Axis};
 
+use super::rtn::{sym_code, sym_scale};
 use super::Bits;
-use crate::error::{check_group_size, Error, Result};
+use crate::error::{check_finite, check_group_size, Error, Result};
 
 /// A symmetric integer weight `[N, K]` (canonical, unpacked layout).
 ///
@@ -26,9 +27,51 @@ pub struct SymIntWeight {
 impl SymIntWeight {
     /// Builds a weight from its parts and validates every invariant.
     pub fn new(bits: Bits, group_size: usize, q: Array2<i8>, scales: Array2<f16>) -> Result<Self> {
-        let w = SymIntWeight { bits, group_size, q, scales };
+        let w = SymIntWeight {
+            bits,
+            group_size,
+            q,
+            scales,
+        };
         w.validate()?;
         Ok(w)
+    }
+
+    /// Symmetric RTN with FP16 group scales: `scale = f16(amax / qmax)` (at least the smallest
+    /// normal f16, so it stays positive), codes rounded with that f16 scale so that
+    /// `dequantize()` is exactly what the codes mean. `group_size == K` is per-channel.
+    pub fn quantize_rtn(w: ArrayView2<f32>, bits: Bits, group_size: usize) -> Result<Self> {
+        let (n, k) = w.dim();
+        if n == 0 || k == 0 {
+            return Err(Error::shape(
+                "weight",
+                "a non-empty [N, K] matrix",
+                format!("[{n}, {k}]"),
+            ));
+        }
+        check_group_size(k, group_size)?;
+        check_finite("weight", w)?;
+        let qmax = bits.sym_max();
+        let ng = k / group_size;
+        let mut q = Array2::<i8>::zeros((n, k));
+        let mut scales = Array2::from_elem((n, ng), f16::ONE);
+        for r in 0..n {
+            for gi in 0..ng {
+                let span = gi * group_size..(gi + 1) * group_size;
+                let amax = w
+                    .row(r)
+                    .iter()
+                    .skip(span.start)
+                    .take(group_size)
+                    .fold(0f32, |a, &x| a.max(x.abs()));
+                let s = f16::from_f32(sym_scale(amax, qmax)).max(f16::MIN_POSITIVE);
+                scales[[r, gi]] = s;
+                for c in span {
+                    q[[r, c]] = sym_code(w[[r, c]], s.to_f32(), qmax) as i8;
+                }
+            }
+        }
+        SymIntWeight::new(bits, group_size, q, scales)
     }
 
     /// Output channels N.
@@ -53,18 +96,28 @@ impl SymIntWeight {
         }
         let ng = k / self.group_size;
         if self.scales.dim() != (n, ng) {
-            return Err(Error::shape("scales", format!("[{n}, {ng}]"), format!("{:?}", self.scales.shape())));
+            return Err(Error::shape(
+                "scales",
+                format!("[{n}, {ng}]"),
+                format!("{:?}", self.scales.shape()),
+            ));
         }
         for ((r, c), s) in self.scales.indexed_iter() {
             let v = s.to_f32();
             if !v.is_finite() || v <= 0.0 {
-                return Err(Error::invariant("scales", format!("scales[{r}, {c}] = {v} must be finite and > 0")));
+                return Err(Error::invariant(
+                    "scales",
+                    format!("scales[{r}, {c}] = {v} must be finite and > 0"),
+                ));
             }
         }
         let m = self.bits.sym_max() as i8;
         for ((r, c), &q) in self.q.indexed_iter() {
             if q < -m || q > m {
-                return Err(Error::invariant("q", format!("q[{r}, {c}] = {q} outside [-{m}, {m}]")));
+                return Err(Error::invariant(
+                    "q",
+                    format!("q[{r}, {c}] = {q} outside [-{m}, {m}]"),
+                ));
             }
         }
         Ok(())

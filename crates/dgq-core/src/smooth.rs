@@ -85,7 +85,8 @@ impl ActAbsMax {
                 format!("K = {}", other.absmax.len()),
             ));
         }
-        self.absmax.zip_mut_with(&other.absmax, |a, &b| *a = a.max(b));
+        self.absmax
+            .zip_mut_with(&other.absmax, |a, &b| *a = a.max(b));
         self.tokens += other.tokens;
         Ok(())
     }

@@ -30,7 +30,10 @@ fn percentile_index_is_floor_of_fraction_times_k() {
 
     // K < 200 at 0.5 %: i = 0, P = max, nothing clipped.
     let z: Array1<f32> = (0..150).map(|i| (i * i) as f32).collect();
-    assert_eq!(percentile_threshold(z.view(), 0.005).unwrap(), 149.0 * 149.0);
+    assert_eq!(
+        percentile_threshold(z.view(), 0.005).unwrap(),
+        149.0 * 149.0
+    );
     let f = percentile_clip_factors(z.view(), &PercentileConfig::default()).unwrap();
     assert!(f.iter().all(|&v| v == 1.0));
     // top_fraction 0 is the identity at any K.
@@ -127,10 +130,7 @@ fn act_absmax_errors_leave_state_unchanged() {
         other => panic!("expected NonFinite, got {other:?}"),
     }
     let inf = arr2(&[[f32::INFINITY, 0.0, 0.0]]);
-    assert!(matches!(
-        s.update(inf.view()),
-        Err(Error::NonFinite { .. })
-    ));
+    assert!(matches!(s.update(inf.view()), Err(Error::NonFinite { .. })));
     assert!(matches!(
         s.update(Array2::<f32>::zeros((2, 4)).view()),
         Err(Error::Shape { .. })
@@ -169,7 +169,13 @@ fn factor_functions_reject_bad_inputs() {
     ));
 
     let w = arr2(&[[1.0f32, 1.0, 1.0]]);
-    for (alpha, eps) in [(-0.1, 1e-5), (1.1, 1e-5), (f32::NAN, 1e-5), (0.5, 0.0), (0.5, 1.0)] {
+    for (alpha, eps) in [
+        (-0.1, 1e-5),
+        (1.1, 1e-5),
+        (f32::NAN, 1e-5),
+        (0.5, 0.0),
+        (0.5, 1.0),
+    ] {
         let cfg = SmoothQuantConfig { alpha, eps };
         assert!(
             matches!(

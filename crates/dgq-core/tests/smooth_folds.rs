@@ -186,7 +186,8 @@ fn percentile_clipping_brings_max_abs_x_down_to_p() {
     // 8 outlier channels, more than the ⌊0.005·1000⌋ = 5 allowed above P.
     let outliers = [1, 50, 333, 334, 600, 701, 900, 999];
     for (i, &j) in outliers.iter().enumerate() {
-        x.column_mut(j).mapv_inplace(|v| v * (20.0 + 10.0 * i as f32));
+        x.column_mut(j)
+            .mapv_inplace(|v| v * (20.0 + 10.0 * i as f32));
     }
     let mut stats = ActAbsMax::new(k);
     stats.update(x.view()).unwrap();

@@ -22,16 +22,16 @@
 //! ## Reading of the paper, and deviations
 //!
 //! The paper's full text was not at hand when this was written; the heuristic is described (by
-//! the paper's abstract and this project's issue) as: start
-//! column-wise and halve the group size while the range of a new group compared with its
-//! parent's crosses a threshold α. Taken literally with the ratio `child / parent ≤ 1` and
-//! "exceeds α", the rule would split *when splitting does not help* (children as wide as the
-//! parent) — the opposite of its purpose, which is to split when splitting isolates outliers.
+//! the paper's abstract and this project's issue) as: start column-wise and halve the group size
+//! while the range of a new group compared with its parent's crosses a threshold α. Taken
+//! literally with the ratio `child / parent ≤ 1` and "exceeds α", the rule would split *when
+//! splitting does not help* (children as wide as the parent) — the opposite of its purpose,
+//! which is to split when splitting isolates outliers.
 //! This module therefore states the ratio as an expansion, `parent / child > α` with `α > 1`,
 //! which is "child range / parent range < 1/α": split while some new group is much narrower than
-//! its parent. The defaults (`α = 2`, `min_group_size = 64`) are this module's choices: 64 is
-//! the block size the paper's kernels and most of its int4 results use; α = 2 means "splitting
-//! would at least halve some group's step size". `min_outlier_fraction` is an addition (0
+//! its parent. The defaults (`α = 2`, `min_group_size = 64`) are this module's choices, not
+//! values checked against the paper: 64 is the block size reported for the paper's int4 results
+//! and kernels; α = 2 means "splitting would at least halve some group's step size". `min_outlier_fraction` is an addition (0
 //! reproduces the "any group" rule): with "any", a single outlier anywhere in the matrix drives
 //! the whole matrix to `min_group_size`, since the outlier's group always has a clean sibling.
 //! A positive fraction stops once the outliers are confined to few enough groups.

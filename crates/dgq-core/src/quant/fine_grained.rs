@@ -31,10 +31,12 @@
 //! which is "child range / parent range < 1/α": split while some new group is much narrower than
 //! its parent. The defaults (`α = 2`, `min_group_size = 64`) are this module's choices, not
 //! values checked against the paper: 64 is the block size reported for the paper's int4 results
-//! and kernels; α = 2 means "splitting would at least halve some group's step size". `min_outlier_fraction` is an addition (0
-//! reproduces the "any group" rule): with "any", a single outlier anywhere in the matrix drives
-//! the whole matrix to `min_group_size`, since the outlier's group always has a clean sibling.
-//! A positive fraction stops once the outliers are confined to few enough groups.
+//! and kernels; α = 2 means "splitting would at least halve some group's step size".
+//!
+//! `min_outlier_fraction` is an addition (0 reproduces the "any group" rule): with "any", a
+//! single outlier anywhere in the matrix drives the whole matrix to `min_group_size`, since the
+//! outlier's group always has a clean sibling. A positive fraction stops once the outliers are
+//! confined to few enough groups.
 
 use ndarray::{ArrayView2, Axis};
 use rayon::prelude::*;

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything CI checks, in one command: formatting, clippy (default and CUDA features), all tests.
+# Everything CI checks, in one command: formatting, clippy (default and CUDA features), rustdoc,
+# all tests (default and CUDA features).
 #
 # Installs what it needs by itself, idempotently, into ${DGQ_CACHE:-$HOME/.cache/dgq} (outside the
 # repository, so fresh clones reuse it): the CUDA build toolchain (nvcc + CUTLASS headers from PyPI,
@@ -69,7 +70,19 @@ skip() {
   echo "==> $1: skipped: $2"
 }
 
-# --- Assets -----------------------------------------------------------------------------------
+# --- Prerequisites and assets -----------------------------------------------------------------
+
+# rustfmt and clippy are rustup components that minimal installs leave out.
+for comp in rustfmt clippy; do
+  if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null; then
+      step "rustup component add $comp" rustup component add "$comp"
+    else
+      echo "test.sh: error: cargo $comp is missing and rustup is not available to add it" >&2
+      exit 1
+    fi
+  fi
+done
 
 cuda_toolchain=0
 if [[ -f scripts/setup-toolchain.sh ]]; then
@@ -100,15 +113,21 @@ else
   skip "clippy (all features, CUDA)" "no CUDA toolchain (DGQ_NVCC unset)"
 fi
 
+# Broken intra-doc links and malformed doc comments fail here, as they would on docs.rs.
+step "rustdoc (warnings are errors)" \
+  env RUSTDOCFLAGS="-D warnings" cargo doc "${locked[@]}" --workspace --no-deps
+
 # --- Tests ------------------------------------------------------------------------------------
 
 step "cargo test (default features)" cargo test "${locked[@]}" --workspace
 if [[ $cuda_toolchain -eq 1 ]]; then
-  # --nocapture so each GPU test's skip reason (no device) shows in the log.
-  step "cargo test dgq-cuda (all features)" \
-    cargo test "${locked[@]}" -p dgq-cuda --all-features -- --nocapture
+  # The whole workspace again, not `-p dgq-cuda`: a narrower package selection resolves dependency
+  # features differently and rebuilds half the graph; this way only the crates with a `cuda`
+  # feature recompile. --nocapture so each GPU test's skip reason (no device) shows in the log.
+  step "cargo test (all features, CUDA)" \
+    cargo test "${locked[@]}" --workspace --all-features -- --nocapture
 else
-  skip "cargo test dgq-cuda (all features)" "no CUDA toolchain (DGQ_NVCC unset)"
+  skip "cargo test (all features, CUDA)" "no CUDA toolchain (DGQ_NVCC unset)"
 fi
 
 # --- C API header -----------------------------------------------------------------------------

@@ -6,8 +6,8 @@
 //! - [`quant`]: RTN primitives, DGQ dual-grained weights and their two-phase search, FineQuant.
 //! - [`smooth`]: percentile-clipping smoothing (DGQ eq. 7) and SmoothQuant, with the folds.
 //! - [`act`]: INT8 activation quantization (static per-tensor, dynamic per-token) and FP8-E4M3.
-//! - [`format`]: the packed-weight file format v1 (safetensors + metadata), see `docs/FORMAT.md`.
-//! - [`reference`]: CPU reference GEMMs, the truth every other kernel is tested against.
+//! - [`format`](mod@format): the packed-weight file format v1 (safetensors + metadata), see `docs/FORMAT.md`.
+//! - [`reference`](mod@reference): CPU reference GEMMs, the truth every other kernel is tested against.
 //! - [`pack`]: nibble packing shared by the format and kernel preparation.
 //!
 //! Weights are row-major `[N, K]` (output channels × input channels), activations `[M, K]`,

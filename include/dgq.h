@@ -722,6 +722,9 @@ enum dgq_status dgq_model_add_layer(struct dgq_model *model,
  * Call with `buf = NULL, len = 0` to learn the size to allocate (add 1 for the NUL). The message
  * is empty (returns 0) when the last call on this thread succeeded: every status-returning call
  * clears it on entry; this function itself does not. Messages are UTF-8 English text.
+ *
+ * # Safety
+ * `buf` must be NULL or hold `len` writable bytes.
  */
 size_t dgq_last_error_message(char *buf,
                               size_t len);

@@ -138,6 +138,13 @@ if [[ -f scripts/check-header.sh ]]; then
 else
   skip "C header check" "scripts/check-header.sh not present yet"
 fi
+# Install libdgq into a temporary prefix; build and run the C/C++ consumers (shared and static),
+# the bad-input test under valgrind, and the header in strict C99/C++17.
+if [[ -f scripts/test-capi.sh ]]; then
+  step "C API consumers (test-capi.sh)" bash scripts/test-capi.sh
+else
+  skip "C API consumers" "scripts/test-capi.sh not present yet"
+fi
 
 echo
 echo "All checks passed."

@@ -129,6 +129,32 @@ pub(crate) unsafe fn c_str<'a>(what: &str, p: *const c_char) -> CResult<&'a str>
         .map_err(|e| Failure::invalid(format!("{what} is not valid UTF-8: {e}")))
 }
 
+/// A required NUL-terminated path: any bytes on Unix, UTF-8 elsewhere.
+///
+/// # Safety
+/// `p` must be NULL or point to a NUL-terminated string valid for `'a`.
+pub(crate) unsafe fn c_path<'a>(what: &str, p: *const c_char) -> CResult<&'a std::path::Path> {
+    if p.is_null() {
+        return Err(Failure::invalid(format!("{what} is NULL")));
+    }
+    // SAFETY: non-null; NUL termination is the caller's contract.
+    let bytes = unsafe { CStr::from_ptr(p) }.to_bytes();
+    if bytes.is_empty() {
+        return Err(Failure::invalid(format!("{what} is empty")));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(std::path::Path::new(std::ffi::OsStr::from_bytes(bytes)))
+    }
+    #[cfg(not(unix))]
+    {
+        std::str::from_utf8(bytes)
+            .map(std::path::Path::new)
+            .map_err(|e| Failure::invalid(format!("{what} is not valid UTF-8: {e}")))
+    }
+}
+
 /// A required handle, borrowed.
 ///
 /// # Safety

@@ -13,7 +13,12 @@ use crate::weight::dgq_weight;
 ///
 /// # Safety
 /// `xq` must hold `m·k` bytes.
-unsafe fn int8_input<'a>(w: &dgq_weight, xq: *const i8, m: usize, k: usize) -> CResult<ArrayView2<'a, i8>> {
+unsafe fn int8_input<'a>(
+    w: &dgq_weight,
+    xq: *const i8,
+    m: usize,
+    k: usize,
+) -> CResult<ArrayView2<'a, i8>> {
     if k != w.w.k() {
         return Err(Failure::shape(format!(
             "activations have k = {k} columns but the weight has K = {}",
@@ -111,4 +116,3 @@ pub unsafe extern "C" fn dgq_w4a8_gemm_i32_cpu(
         Ok(())
     })
 }
-

@@ -2,7 +2,6 @@
 //! save.
 
 use std::ffi::{c_char, CString};
-use std::path::Path;
 
 use ndarray::Array1;
 
@@ -185,13 +184,16 @@ pub unsafe extern "C" fn dgq_model_create(
 /// # Safety
 /// `path` must be NUL-terminated; `out` writable.
 #[no_mangle]
-pub unsafe extern "C" fn dgq_model_open(path: *const c_char, out: *mut *mut dgq_model) -> dgq_status {
+pub unsafe extern "C" fn dgq_model_open(
+    path: *const c_char,
+    out: *mut *mut dgq_model,
+) -> dgq_status {
     guard(|| {
         // SAFETY: caller's contract.
         let mut out = unsafe { args::out_ptr("out", out)? };
         out.set(std::ptr::null_mut());
-        let path = unsafe { args::c_str("path", path)? };
-        let m = format::read(Path::new(path))?;
+        let path = unsafe { args::c_path("path", path)? };
+        let m = format::read(path)?;
         out.set(args::into_handle(dgq_model::new(m)?));
         Ok(())
     })
@@ -203,12 +205,15 @@ pub unsafe extern "C" fn dgq_model_open(path: *const c_char, out: *mut *mut dgq_
 /// # Safety
 /// `model` must be a live model, `path` NUL-terminated.
 #[no_mangle]
-pub unsafe extern "C" fn dgq_model_save(model: *const dgq_model, path: *const c_char) -> dgq_status {
+pub unsafe extern "C" fn dgq_model_save(
+    model: *const dgq_model,
+    path: *const c_char,
+) -> dgq_status {
     guard(|| {
         // SAFETY: caller's contract.
         let m = unsafe { args::handle("model", model)? };
-        let path = unsafe { args::c_str("path", path)? };
-        format::write(Path::new(path), &m.model)?;
+        let path = unsafe { args::c_path("path", path)? };
+        format::write(path, &m.model)?;
         Ok(())
     })
 }
@@ -228,7 +233,10 @@ pub unsafe extern "C" fn dgq_model_free(model: *mut dgq_model) {
 /// # Safety
 /// `model` must be a live model, `out` writable.
 #[no_mangle]
-pub unsafe extern "C" fn dgq_model_num_layers(model: *const dgq_model, out: *mut usize) -> dgq_status {
+pub unsafe extern "C" fn dgq_model_num_layers(
+    model: *const dgq_model,
+    out: *mut usize,
+) -> dgq_status {
     guard(|| {
         // SAFETY: caller's contract.
         let m = unsafe { args::handle("model", model)? };
@@ -463,6 +471,16 @@ pub unsafe extern "C" fn dgq_model_add_layer(
         }
         let bias = unsafe { args::opt_slice("opts.bias", o.bias, o.bias_len)? };
         let smooth = unsafe { args::opt_slice("opts.smooth", o.smooth, o.smooth_len)? };
+        for (what, v, want) in [("bias", bias, w.w.n()), ("smooth", smooth, w.w.k())] {
+            if let Some(v) = v {
+                if v.len() != want {
+                    return Err(Failure::shape(format!(
+                        "opts.{what} has {} elements, needs {want}",
+                        v.len()
+                    )));
+                }
+            }
+        }
         let mut layer = PackedLayer::new(LayerWeight::Dgq(w.w.clone()))
             .with_act(act_from_c(o.act_mode, o.act_scale)?);
         if let Some(b) = bias {
@@ -474,12 +492,19 @@ pub unsafe extern "C" fn dgq_model_add_layer(
         // Validate the layer alone (a one-layer model), not the whole model again.
         let mut one = PackedModel::new("", "");
         one.layers.insert(name.to_string(), layer);
-        one.validate()?;
-        let cname = CString::new(name)
-            .map_err(|_| Failure::invalid("name contains a NUL byte"))?;
-        let (key, layer) = one.layers.into_iter().next().ok_or_else(|| {
-            Failure::new(dgq_status::DGQ_STATUS_INTERNAL, "layer vanished")
+        // The weight was valid already, so what fails here is the name or an option.
+        one.validate().map_err(|e| match e {
+            dgq_core::Error::Invariant { tensor, problem } => {
+                Failure::invalid(format!("layer {name:?} rejected: {tensor}: {problem}"))
+            }
+            e => e.into(),
         })?;
+        let cname = CString::new(name).map_err(|_| Failure::invalid("name contains a NUL byte"))?;
+        let (key, layer) = one
+            .layers
+            .into_iter()
+            .next()
+            .ok_or_else(|| Failure::new(dgq_status::DGQ_STATUS_INTERNAL, "layer vanished"))?;
         let pos = m.names.partition_point(|n| n.as_bytes() < key.as_bytes());
         m.model.layers.insert(key, layer);
         m.names.insert(pos, cname);

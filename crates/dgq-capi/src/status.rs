@@ -142,8 +142,11 @@ pub(crate) fn guard_value<T>(fallback: T, f: impl FnOnce() -> T) -> T {
 /// Call with `buf = NULL, len = 0` to learn the size to allocate (add 1 for the NUL). The message
 /// is empty (returns 0) when the last call on this thread succeeded: every status-returning call
 /// clears it on entry; this function itself does not. Messages are UTF-8 English text.
+///
+/// # Safety
+/// `buf` must be NULL or hold `len` writable bytes.
 #[no_mangle]
-pub extern "C" fn dgq_last_error_message(buf: *mut c_char, len: usize) -> usize {
+pub unsafe extern "C" fn dgq_last_error_message(buf: *mut c_char, len: usize) -> usize {
     guard_value(0, || {
         LAST_ERROR
             .try_with(|e| {
@@ -193,9 +196,13 @@ mod tests {
     use super::*;
 
     fn last() -> String {
-        let n = dgq_last_error_message(std::ptr::null_mut(), 0);
+        // SAFETY: NULL/0 queries the length; then a buffer of the stated size.
+        let n = unsafe { dgq_last_error_message(std::ptr::null_mut(), 0) };
         let mut buf = vec![0 as c_char; n + 1];
-        assert_eq!(dgq_last_error_message(buf.as_mut_ptr(), buf.len()), n);
+        assert_eq!(
+            unsafe { dgq_last_error_message(buf.as_mut_ptr(), buf.len()) },
+            n
+        );
         // SAFETY: NUL-terminated by dgq_last_error_message.
         unsafe { CStr::from_ptr(buf.as_ptr()) }
             .to_str()
@@ -220,12 +227,13 @@ mod tests {
         guard(|| Err(Failure::invalid("aé")));
         // "aé" is 3 bytes; a 3-byte buffer holds 2 bytes + NUL, which would split 'é'.
         let mut buf = [0x7f as c_char; 3];
-        assert_eq!(dgq_last_error_message(buf.as_mut_ptr(), 3), 3);
+        // SAFETY: buffers of the stated sizes.
+        assert_eq!(unsafe { dgq_last_error_message(buf.as_mut_ptr(), 3) }, 3);
         assert_eq!(buf[0] as u8, b'a');
         assert_eq!(buf[1], 0);
         // len 1: only the NUL.
         let mut one = [0x7f as c_char; 1];
-        assert_eq!(dgq_last_error_message(one.as_mut_ptr(), 1), 3);
+        assert_eq!(unsafe { dgq_last_error_message(one.as_mut_ptr(), 1) }, 3);
         assert_eq!(one[0], 0);
     }
 
@@ -233,7 +241,9 @@ mod tests {
     fn status_names_cover_every_code() {
         for code in 0..=12 {
             // SAFETY: static NUL-terminated strings.
-            let s = unsafe { CStr::from_ptr(dgq_status_name(code)) }.to_str().unwrap();
+            let s = unsafe { CStr::from_ptr(dgq_status_name(code)) }
+                .to_str()
+                .unwrap();
             assert_ne!(s, "DGQ_STATUS_UNKNOWN", "code {code}");
         }
         let s = unsafe { CStr::from_ptr(dgq_status_name(99)) };

@@ -234,7 +234,12 @@ pub unsafe extern "C" fn dgq_weight_get_parts(
         let w = &unsafe { args::handle("w", w)? }.w;
         let mut out = unsafe { args::out_ptr("out", out)? };
         // dgq_weight::new makes every array standard-layout, so `as_slice` cannot fail.
-        let internal = || Failure::new(dgq_status::DGQ_STATUS_INTERNAL, "weight arrays are not contiguous");
+        let internal = || {
+            Failure::new(
+                dgq_status::DGQ_STATUS_INTERNAL,
+                "weight arrays are not contiguous",
+            )
+        };
         out.set(dgq_weight_parts {
             n: w.n(),
             k: w.k(),

@@ -144,11 +144,18 @@ impl Fp8Acts {
 /// Scales must be `[M]` or `[1]`, finite and `≥ 0`.
 pub(crate) fn check_scales(m: usize, scales: ArrayView1<f32>) -> Result<()> {
     if scales.len() != m && scales.len() != 1 {
-        return Err(Error::shape("activation scales", format!("[{m}] or [1]"), format!("[{}]", scales.len())));
+        return Err(Error::shape(
+            "activation scales",
+            format!("[{m}] or [1]"),
+            format!("[{}]", scales.len()),
+        ));
     }
     for (i, &s) in scales.iter().enumerate() {
         if !s.is_finite() || s < 0.0 {
-            return Err(Error::invariant("activation scales", format!("scales[{i}] = {s} must be finite and >= 0")));
+            return Err(Error::invariant(
+                "activation scales",
+                format!("scales[{i}] = {s} must be finite and >= 0"),
+            ));
         }
     }
     Ok(())
@@ -220,7 +227,11 @@ fn scale_from_amax(amax: f32, qmax: f32) -> Option<(f32, f32)> {
 
 fn check_static_scale(scale: f32) -> Result<f32> {
     if !scale.is_finite() || scale < MIN_STATIC_SCALE {
-        return Err(Error::config("activation scale", scale, "must be finite and >= 2^-110"));
+        return Err(Error::config(
+            "activation scale",
+            scale,
+            "must be finite and >= 2^-110",
+        ));
     }
     Ok(1.0 / scale)
 }
@@ -228,11 +239,18 @@ fn check_static_scale(scale: f32) -> Result<f32> {
 fn check_smooth(k: usize, smooth: Option<ArrayView1<f32>>) -> Result<()> {
     if let Some(s) = smooth {
         if s.len() != k {
-            return Err(Error::shape("smoothing factors", format!("[{k}] (K)"), format!("[{}]", s.len())));
+            return Err(Error::shape(
+                "smoothing factors",
+                format!("[{k}] (K)"),
+                format!("[{}]", s.len()),
+            ));
         }
         for (j, &v) in s.iter().enumerate() {
             if !v.is_finite() || v <= 0.0 {
-                return Err(Error::invariant("smoothing factors", format!("k[{j}] = {v} must be finite and > 0")));
+                return Err(Error::invariant(
+                    "smoothing factors",
+                    format!("k[{j}] = {v} must be finite and > 0"),
+                ));
             }
         }
     }
@@ -282,8 +300,14 @@ fn load_row<T: Elem>(
 
 fn row_error(m: usize, e: std::result::Result<usize, usize>) -> Error {
     match e {
-        Ok(j) => Error::NonFinite { what: "activations".into(), index: vec![m, j] },
-        Err(j) => Error::NonFinite { what: "activations / smoothing factors".into(), index: vec![m, j] },
+        Ok(j) => Error::NonFinite {
+            what: "activations".into(),
+            index: vec![m, j],
+        },
+        Err(j) => Error::NonFinite {
+            what: "activations / smoothing factors".into(),
+            index: vec![m, j],
+        },
     }
 }
 
@@ -306,25 +330,26 @@ fn quantize_core<T: Elem, C: Code>(
     let mut codes = vec![C::default(); m * k];
     let mut scales = vec![0.0f32; m];
     if k > 0 {
-        let work = |buf: &mut Vec<f32>, (r, (out, scale)): (usize, (&mut [C], &mut f32))| -> Result<()> {
-            let amax = load_row(x.row(r), smooth, buf).map_err(|e| row_error(r, e))?;
-            let (s, inv) = match fixed {
-                Some(si) => si,
-                None => match scale_from_amax(amax, C::MAX) {
+        let work =
+            |buf: &mut Vec<f32>, (r, (out, scale)): (usize, (&mut [C], &mut f32))| -> Result<()> {
+                let amax = load_row(x.row(r), smooth, buf).map_err(|e| row_error(r, e))?;
+                let (s, inv) = match fixed {
                     Some(si) => si,
-                    None => {
-                        // All-zero row: codes stay at their default (0 / +0.0), scale 0.
-                        *scale = 0.0;
-                        return Ok(());
-                    }
-                },
+                    None => match scale_from_amax(amax, C::MAX) {
+                        Some(si) => si,
+                        None => {
+                            // All-zero row: codes stay at their default (0 / +0.0), scale 0.
+                            *scale = 0.0;
+                            return Ok(());
+                        }
+                    },
+                };
+                *scale = s;
+                for (o, &v) in out.iter_mut().zip(buf.iter()) {
+                    *o = C::encode(v * inv);
+                }
+                Ok(())
             };
-            *scale = s;
-            for (o, &v) in out.iter_mut().zip(buf.iter()) {
-                *o = C::encode(v * inv);
-            }
-            Ok(())
-        };
         let init = || vec![0.0f32; k];
         if m * k >= PAR_MIN_ELEMS {
             codes
@@ -340,7 +365,8 @@ fn quantize_core<T: Elem, C: Code>(
             }
         }
     }
-    let codes = Array2::from_shape_vec((m, k), codes).map_err(|e| Error::shape("codes", format!("[{m}, {k}]"), e))?;
+    let codes = Array2::from_shape_vec((m, k), codes)
+        .map_err(|e| Error::shape("codes", format!("[{m}, {k}]"), e))?;
     let scales = match fixed {
         Some((s, _)) => Array1::from_elem(1, s),
         None => Array1::from_vec(scales),
@@ -356,13 +382,17 @@ fn first_row_error<T: Elem>(x: ArrayView2<T>, smooth: Option<ArrayView1<f32>>) -
             return row_error(r, e);
         }
     }
-    Error::invariant("activations", "non-finite value reported but not found on re-scan")
+    Error::invariant(
+        "activations",
+        "non-finite value reported but not found on re-scan",
+    )
 }
 
 /// `max |x'|` over the whole tensor (errors on non-finite values).
 fn tensor_amax<T: Elem>(x: ArrayView2<T>, smooth: Option<ArrayView1<f32>>) -> Result<f32> {
     let k = x.ncols();
-    let row_amax = |buf: &mut Vec<f32>, r: usize| load_row(x.row(r), smooth, buf).map_err(|e| row_error(r, e));
+    let row_amax =
+        |buf: &mut Vec<f32>, r: usize| load_row(x.row(r), smooth, buf).map_err(|e| row_error(r, e));
     if x.len() >= PAR_MIN_ELEMS {
         (0..x.nrows())
             .into_par_iter()
@@ -397,13 +427,19 @@ pub fn quantize_per_token_f16(x: ArrayView2<f16>) -> Result<QuantizedActs> {
 
 /// Per-token quantization of `x[:, j] / k[j]` (smoothing folded into the same pass; the division
 /// happens first, in f32, then the recipe runs on the quotient). `k` must be `[K]`, finite, `> 0`.
-pub fn quantize_per_token_smoothed(x: ArrayView2<f32>, k: ArrayView1<f32>) -> Result<QuantizedActs> {
+pub fn quantize_per_token_smoothed(
+    x: ArrayView2<f32>,
+    k: ArrayView1<f32>,
+) -> Result<QuantizedActs> {
     let (q, scales) = quantize_core::<f32, i8>(x, Some(k), Scaling::PerToken)?;
     Ok(QuantizedActs { q, scales })
 }
 
 /// [`quantize_per_token_smoothed`] for f16 input.
-pub fn quantize_per_token_smoothed_f16(x: ArrayView2<f16>, k: ArrayView1<f32>) -> Result<QuantizedActs> {
+pub fn quantize_per_token_smoothed_f16(
+    x: ArrayView2<f16>,
+    k: ArrayView1<f32>,
+) -> Result<QuantizedActs> {
     let (q, scales) = quantize_core::<f16, i8>(x, Some(k), Scaling::PerToken)?;
     Ok(QuantizedActs { q, scales })
 }
@@ -422,7 +458,11 @@ pub fn quantize_static_f16(x: ArrayView2<f16>, scale: f32) -> Result<QuantizedAc
 }
 
 /// Static quantization of `x[:, j] / k[j]` (division first, then the static recipe).
-pub fn quantize_static_smoothed(x: ArrayView2<f32>, k: ArrayView1<f32>, scale: f32) -> Result<QuantizedActs> {
+pub fn quantize_static_smoothed(
+    x: ArrayView2<f32>,
+    k: ArrayView1<f32>,
+    scale: f32,
+) -> Result<QuantizedActs> {
     let (q, scales) = quantize_core::<f32, i8>(x, Some(k), Scaling::Static(scale))?;
     Ok(QuantizedActs { q, scales })
 }
@@ -430,7 +470,11 @@ pub fn quantize_static_smoothed(x: ArrayView2<f32>, k: ArrayView1<f32>, scale: f
 /// Quantizes with the mode of `act`; [`ActQuant::None`] is a config error (nothing to quantize).
 pub fn quantize(x: ArrayView2<f32>, act: &ActQuant) -> Result<QuantizedActs> {
     match *act {
-        ActQuant::None => Err(Error::config("act", "none", "weight-only layers have no INT8 activations")),
+        ActQuant::None => Err(Error::config(
+            "act",
+            "none",
+            "weight-only layers have no INT8 activations",
+        )),
         ActQuant::DynamicPerToken => quantize_per_token(x),
         ActQuant::StaticPerTensor { scale } => quantize_static(x, scale),
     }
@@ -482,17 +526,27 @@ impl StaticScaleObserver {
 
     /// The calibrated mode, ready for [`quantize`].
     pub fn act_quant(&self) -> Result<ActQuant> {
-        Ok(ActQuant::StaticPerTensor { scale: self.scale()? })
+        Ok(ActQuant::StaticPerTensor {
+            scale: self.scale()?,
+        })
     }
 }
 
 fn static_scale_for(amax: f32, elements: usize, qmax: f32) -> Result<f32> {
     if elements == 0 {
-        return Err(Error::config("observer", "empty", "no activations were observed"));
+        return Err(Error::config(
+            "observer",
+            "empty",
+            "no activations were observed",
+        ));
     }
     match scale_from_amax(amax, qmax) {
         Some((s, _)) if s >= MIN_STATIC_SCALE => Ok(s),
-        _ => Err(Error::config("observer amax", amax, "all observed activations are (near) zero")),
+        _ => Err(Error::config(
+            "observer amax",
+            amax,
+            "all observed activations are (near) zero",
+        )),
     }
 }
 
@@ -503,10 +557,10 @@ const HIST_BINS: usize = 2048;
 /// `percentile`-th percentile of `|x|` over all observed elements to 127 (TensorRT-style
 /// percentile calibration, e.g. 99.99).
 ///
-/// A histogram of `HIST_BINS = 2048` bins over `[0, range]` is kept, with `range` a power of two;
-/// when a batch exceeds it the range doubles (merging bin pairs), so memory stays constant and the
-/// result does not depend on how the data is split into batches beyond bin resolution
-/// (`range / 2048`). The returned clip value is the upper edge of the bin that reaches the
+/// A histogram of 2048 bins over `[0, range)` is kept, with `range` a power of two above every
+/// observed `|x|`; when a batch reaches it the range doubles (merging bin pairs, which is exact for
+/// power-of-two ranges), so memory stays constant and the result does not depend on how the data
+/// is split into batches. Resolution is `range / 2048`. The returned clip value is the upper edge of the bin that reaches the
 /// percentile, capped at the true `max|x|`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PercentileScaleObserver {
@@ -523,9 +577,19 @@ impl PercentileScaleObserver {
     /// `percentile` in `(0, 100]`; `100` reproduces [`StaticScaleObserver`] up to bin resolution.
     pub fn new(percentile: f64) -> Result<Self> {
         if !(percentile > 0.0 && percentile <= 100.0) {
-            return Err(Error::config("percentile", percentile, "must be in (0, 100]"));
+            return Err(Error::config(
+                "percentile",
+                percentile,
+                "must be in (0, 100]",
+            ));
         }
-        Ok(PercentileScaleObserver { percentile, range: None, hist: vec![0; HIST_BINS], pending_zeros: 0, amax: 0.0 })
+        Ok(PercentileScaleObserver {
+            percentile,
+            range: None,
+            hist: vec![0; HIST_BINS],
+            pending_zeros: 0,
+            amax: 0.0,
+        })
     }
 
     /// Accumulates one batch (non-finite values are an error; the state is unchanged).
@@ -542,7 +606,7 @@ impl PercentileScaleObserver {
         };
         let per_bin = HIST_BINS as f32 / range;
         for &v in x.iter() {
-            // `range` is a power of two, so `|v| · per_bin` is exact; `as` floors and saturates.
+            // `range` is a power of two above every |v|, so `|v| · per_bin` is exact and < 2048.
             let b = ((v.abs() * per_bin) as usize).min(HIST_BINS - 1);
             self.hist[b] += 1;
         }
@@ -554,13 +618,13 @@ impl PercentileScaleObserver {
         let mut range = match self.range {
             Some(r) => r,
             None => {
-                let r = next_pow2(amax);
+                let r = next_pow2_above(amax);
                 self.range = Some(r);
                 self.hist[0] += std::mem::take(&mut self.pending_zeros);
                 return;
             }
         };
-        while range < amax {
+        while range <= amax {
             range *= 2.0;
             for i in 0..HIST_BINS / 2 {
                 self.hist[i] = self.hist[2 * i] + self.hist[2 * i + 1];
@@ -581,7 +645,11 @@ impl PercentileScaleObserver {
     pub fn clip_value(&self) -> Result<f32> {
         let total: u64 = self.hist.iter().sum::<u64>() + self.pending_zeros;
         if total == 0 {
-            return Err(Error::config("observer", "empty", "no activations were observed"));
+            return Err(Error::config(
+                "observer",
+                "empty",
+                "no activations were observed",
+            ));
         }
         let Some(range) = self.range else {
             return Ok(0.0);
@@ -604,13 +672,10 @@ impl PercentileScaleObserver {
     }
 }
 
-/// Smallest power of two `≥ v` (for `v ≥ MIN_AMAX`, finite).
-fn next_pow2(v: f32) -> f32 {
-    let mut r = f32::from_bits(v.to_bits() & 0x7f80_0000); // 2^floor(log2 v) for normal v
-    if r < v {
-        r *= 2.0;
-    }
-    r
+/// Smallest power of two `> v` (for normal `v`), so every observed `|x| < range` and bins never
+/// need clamping, which makes bin merging exact (batch splits do not change the histogram).
+fn next_pow2_above(v: f32) -> f32 {
+    f32::from_bits(v.to_bits() & 0x7f80_0000) * 2.0 // 2^floor(log2 v) · 2
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -31,7 +31,11 @@ pub(crate) fn gemm_nt_into(x: ArrayView2<f32>, w: ArrayView2<f32>, mut out: Arra
         out.fill(0.0);
         return;
     }
-    let par = if m * n * k >= PAR_MIN_FLOPS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let par = if m * n * k >= PAR_MIN_FLOPS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
     let (xs, ws, os) = (x.strides(), w.strides(), out.strides());
     let (os0, os1) = (os[0], os[1]);
     let dst = out.as_mut_ptr();
@@ -71,7 +75,11 @@ pub(crate) fn gemm_nt_into(x: ArrayView2<f32>, w: ArrayView2<f32>, mut out: Arra
 /// `γ_K · Σ_k |x_k w_k|`, not bit for bit.
 pub fn matmul_f32_nt(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Result<Array2<f32>> {
     if x.ncols() != w.ncols() {
-        return Err(Error::shape("matmul_f32_nt: x columns vs w columns (K)", w.ncols(), x.ncols()));
+        return Err(Error::shape(
+            "matmul_f32_nt: x columns vs w columns (K)",
+            w.ncols(),
+            x.ncols(),
+        ));
     }
     let mut out = Array2::<f32>::zeros((x.nrows(), w.nrows()));
     gemm_nt_into(x, w, out.view_mut());
@@ -80,7 +88,12 @@ pub fn matmul_f32_nt(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Result<Array2<f3
 
 /// Block-wise "dequantize then f32 GEMM": `fill(n, row)` writes dequantized weight row `n`;
 /// bounded memory (one block of rows at a time), rows dequantized in parallel.
-fn dequant_gemm<F>(x: ArrayView2<f32>, n: usize, fill: F, bias: Option<ArrayView1<f32>>) -> Result<Array2<f32>>
+fn dequant_gemm<F>(
+    x: ArrayView2<f32>,
+    n: usize,
+    fill: F,
+    bias: Option<ArrayView1<f32>>,
+) -> Result<Array2<f32>>
 where
     F: Fn(usize, &mut [f32]) -> Result<()> + Sync,
 {
@@ -92,12 +105,13 @@ where
     for n0 in (0..n).step_by(nb) {
         let rows = nb.min(n - n0);
         let mut wb = wblock.slice_mut(s![..rows, ..]);
-        wb.axis_iter_mut(Axis(0)).into_par_iter().enumerate().try_for_each(|(i, mut row)| {
-            match row.as_slice_mut() {
+        wb.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .enumerate()
+            .try_for_each(|(i, mut row)| match row.as_slice_mut() {
                 Some(r) => fill(n0 + i, r),
                 None => Err(Error::invariant("weight block", "row is not contiguous")),
-            }
-        })?;
+            })?;
         gemm_nt_into(x, wb.view(), out.slice_mut(s![.., n0..n0 + rows]));
     }
     if let Some(b) = bias {
@@ -112,7 +126,11 @@ pub(crate) fn sym_scales_f32(w: &SymIntWeight) -> Result<Vec<f32>> {
     check_group_size(k, w.group_size)?;
     let ng = k / w.group_size;
     if w.scales.dim() != (n, ng) {
-        return Err(Error::shape("scales", format!("[{n}, {ng}]"), format!("{:?}", w.scales.shape())));
+        return Err(Error::shape(
+            "scales",
+            format!("[{n}, {ng}]"),
+            format!("{:?}", w.scales.shape()),
+        ));
     }
     w.scales
         .indexed_iter()
@@ -121,7 +139,10 @@ pub(crate) fn sym_scales_f32(w: &SymIntWeight) -> Result<Vec<f32>> {
             if v.is_finite() && v > 0.0 {
                 Ok(v)
             } else {
-                Err(Error::invariant("scales", format!("scales[{r}, {c}] = {v} must be finite and > 0")))
+                Err(Error::invariant(
+                    "scales",
+                    format!("scales[{r}, {c}] = {v} must be finite and > 0"),
+                ))
             }
         })
         .collect()
@@ -129,14 +150,22 @@ pub(crate) fn sym_scales_f32(w: &SymIntWeight) -> Result<Vec<f32>> {
 
 fn check_x_k(what: &str, x_k: usize, w_k: usize) -> Result<()> {
     if x_k != w_k {
-        return Err(Error::shape(format!("{what}: activation columns vs weight K"), w_k, x_k));
+        return Err(Error::shape(
+            format!("{what}: activation columns vs weight K"),
+            w_k,
+            x_k,
+        ));
     }
     Ok(())
 }
 
 /// Dequantized rows of a symmetric weight: `(q as f32) · scale[n, c/g]` (the same product as
 /// [`SymIntWeight::dequantize`]).
-fn sym_gemm(x: ArrayView2<f32>, w: &SymIntWeight, bias: Option<ArrayView1<f32>>) -> Result<Array2<f32>> {
+fn sym_gemm(
+    x: ArrayView2<f32>,
+    w: &SymIntWeight,
+    bias: Option<ArrayView1<f32>>,
+) -> Result<Array2<f32>> {
     let (n, k) = w.q.dim();
     let sw = sym_scales_f32(w)?;
     let g = w.group_size;
@@ -147,7 +176,11 @@ fn sym_gemm(x: ArrayView2<f32>, w: &SymIntWeight, bias: Option<ArrayView1<f32>>)
         x,
         n,
         |r, out| {
-            for ((og, qg), &s) in out.chunks_exact_mut(g).zip(q[r * k..(r + 1) * k].chunks_exact(g)).zip(&sw[r * ng..]) {
+            for ((og, qg), &s) in out
+                .chunks_exact_mut(g)
+                .zip(q[r * k..(r + 1) * k].chunks_exact(g))
+                .zip(&sw[r * ng..])
+            {
                 for (o, &v) in og.iter_mut().zip(qg) {
                     *o = f32::from(v) * s;
                 }
@@ -160,20 +193,39 @@ fn sym_gemm(x: ArrayView2<f32>, w: &SymIntWeight, bias: Option<ArrayView1<f32>>)
 
 /// Weight-only GEMM with a symmetric integer weight (W4A16 / W8A16): `Y = X · Ŵᵀ (+ bias)` with
 /// `Ŵ = q · scale` dequantized on the fly, f32 accumulation.
-pub fn w4a16_gemm(x: ArrayView2<f32>, w: &SymIntWeight, bias: Option<ArrayView1<f32>>) -> Result<Array2<f32>> {
+pub fn w4a16_gemm(
+    x: ArrayView2<f32>,
+    w: &SymIntWeight,
+    bias: Option<ArrayView1<f32>>,
+) -> Result<Array2<f32>> {
     check_x_k("w4a16_gemm", x.ncols(), w.k())?;
     sym_gemm(x, w, bias)
 }
 
 /// Dequantized rows of a DGQ weight: `(W_s8 as f32) · s1[n]` (as [`DualGrainedWeight::dequantize`]),
 /// with the invariants checked during unpacking.
-fn dgq_gemm(x: ArrayView2<f32>, w: &DualGrainedWeight, bias: Option<ArrayView1<f32>>) -> Result<Array2<f32>> {
+fn dgq_gemm(
+    x: ArrayView2<f32>,
+    w: &DualGrainedWeight,
+    bias: Option<ArrayView1<f32>>,
+) -> Result<Array2<f32>> {
     let (n, k) = w.q.dim();
-    let (q, z, s2) = (w.q.as_standard_layout(), w.zeros.as_standard_layout(), w.s2.as_standard_layout());
+    let (q, z, s2) = (
+        w.q.as_standard_layout(),
+        w.zeros.as_standard_layout(),
+        w.s2.as_standard_layout(),
+    );
     let rows = DgqRows::new(w, &q, &z, &s2)?;
     let s1 = w.s1.iter().map(|s| s.to_f32()).collect::<Vec<_>>();
-    if let Some((i, v)) = s1.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v > 0.0)) {
-        return Err(Error::invariant("s1", format!("s1[{i}] = {v} must be finite and > 0")));
+    if let Some((i, v)) = s1
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(v.is_finite() && **v > 0.0))
+    {
+        return Err(Error::invariant(
+            "s1",
+            format!("s1[{i}] = {v} must be finite and > 0"),
+        ));
     }
     dequant_gemm(
         x,
@@ -193,7 +245,11 @@ fn dgq_gemm(x: ArrayView2<f32>, w: &DualGrainedWeight, bias: Option<ArrayView1<f
 
 /// Weight-only GEMM with a DGQ weight and float activations: `Y = X · Ŵᵀ (+ bias)`,
 /// `Ŵ = s1 · S2 · (q − z)` dequantized on the fly, f32 accumulation.
-pub fn w4a16_gemm_dgq(x: ArrayView2<f32>, w: &DualGrainedWeight, bias: Option<ArrayView1<f32>>) -> Result<Array2<f32>> {
+pub fn w4a16_gemm_dgq(
+    x: ArrayView2<f32>,
+    w: &DualGrainedWeight,
+    bias: Option<ArrayView1<f32>>,
+) -> Result<Array2<f32>> {
     check_x_k("w4a16_gemm_dgq", x.ncols(), w.k())?;
     dgq_gemm(x, w, bias)
 }

@@ -55,7 +55,9 @@ fn dot4(x: &[i16], w0: &[i16], w1: &[i16], w2: &[i16], w3: &[i16]) -> [i32; 4] {
 
 #[inline(always)]
 fn dot1(x: &[i16], w: &[i16]) -> i32 {
-    x.iter().zip(w).fold(0i32, |s, (&a, &b)| s.wrapping_add((a as i32).wrapping_mul(b as i32)))
+    x.iter().zip(w).fold(0i32, |s, (&a, &b)| {
+        s.wrapping_add((a as i32).wrapping_mul(b as i32))
+    })
 }
 
 /// One task: weight rows `n0..n0+nr`, tokens `m0..m1`.
@@ -78,8 +80,20 @@ impl<R: RowSource, E: Epilogue> WithSimd for Task<'_, R, E> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _simd: S) -> Self::Output {
-        let Task { x, k, seg, n0, nr, m0, m1, src, epi, wbuf, sums } = self;
-        let nseg = if seg == 0 { 0 } else { k / seg };
+        let Task {
+            x,
+            k,
+            seg,
+            n0,
+            nr,
+            m0,
+            m1,
+            src,
+            epi,
+            wbuf,
+            sums,
+        } = self;
+        let nseg = k.checked_div(seg).unwrap_or(0);
         for i in 0..nr {
             src.fill(n0 + i, &mut wbuf[i * k..(i + 1) * k])?;
         }
@@ -124,7 +138,7 @@ fn int_gemm<R: RowSource, E: Epilogue>(
     if m == 0 || n == 0 {
         return Ok(out);
     }
-    let nseg = if seg == 0 { 0 } else { k / seg };
+    let nseg = k.checked_div(seg).unwrap_or(0);
     let (nblocks, mblocks) = (n.div_ceil(NB), m.div_ceil(MB));
     let arch = Arch::new();
     let blocks: Vec<Vec<E::Out>> = (0..nblocks * mblocks)
@@ -164,14 +178,22 @@ fn int_gemm<R: RowSource, E: Epilogue>(
 
 fn check_k(k: usize) -> Result<()> {
     if k > MAX_K_I32 {
-        return Err(Error::shape("K (INT32 accumulation bound)", format!("<= {MAX_K_I32}"), k));
+        return Err(Error::shape(
+            "K (INT32 accumulation bound)",
+            format!("<= {MAX_K_I32}"),
+            k,
+        ));
     }
     Ok(())
 }
 
 fn check_k_match(what: &str, x_k: usize, w_k: usize) -> Result<()> {
     if x_k != w_k {
-        return Err(Error::shape(format!("{what}: activation columns vs weight K"), w_k, x_k));
+        return Err(Error::shape(
+            format!("{what}: activation columns vs weight K"),
+            w_k,
+            x_k,
+        ));
     }
     check_k(w_k)
 }
@@ -223,13 +245,25 @@ impl<'a> DgqRows<'a> {
         check_group_size(k, w.group_size)?;
         let ng = k / w.group_size;
         if w.zeros.dim() != (n, ng) {
-            return Err(Error::shape("zeros", format!("[{n}, {ng}]"), format!("{:?}", w.zeros.shape())));
+            return Err(Error::shape(
+                "zeros",
+                format!("[{n}, {ng}]"),
+                format!("{:?}", w.zeros.shape()),
+            ));
         }
         if w.s2.dim() != (n, ng) {
-            return Err(Error::shape("s2", format!("[{n}, {ng}]"), format!("{:?}", w.s2.shape())));
+            return Err(Error::shape(
+                "s2",
+                format!("[{n}, {ng}]"),
+                format!("{:?}", w.s2.shape()),
+            ));
         }
         if w.s1.len() != n {
-            return Err(Error::shape("s1", format!("[{n}]"), format!("[{}]", w.s1.len())));
+            return Err(Error::shape(
+                "s1",
+                format!("[{n}]"),
+                format!("[{}]", w.s1.len()),
+            ));
         }
         Ok(DgqRows {
             q: contiguous("q", q)?,
@@ -250,7 +284,12 @@ impl<'a> DgqRows<'a> {
         let ss = &self.s2[n * ng..(n + 1) * ng];
         let (mut lo, mut hi, mut qmax) = (0i32, 0i32, 0u8);
         let mut params_ok = true;
-        for (((qg, og), &z), &s) in q.chunks_exact(g).zip(out.chunks_exact_mut(g)).zip(zs).zip(ss) {
+        for (((qg, og), &z), &s) in q
+            .chunks_exact(g)
+            .zip(out.chunks_exact_mut(g))
+            .zip(zs)
+            .zip(ss)
+        {
             params_ok &= (0..=15).contains(&z) & (s >= 1);
             let (z, s) = (z as i32, s as i32);
             for (o, &qv) in og.iter_mut().zip(qg) {
@@ -276,7 +315,10 @@ impl<'a> DgqRows<'a> {
         for gi in 0..ng {
             let (z, s) = (self.zeros[n * ng + gi], self.s2[n * ng + gi]);
             if !(0..=15).contains(&z) {
-                return Error::invariant("zeros", format!("zeros[{n}, {gi}] = {z} must be in [0, 15]"));
+                return Error::invariant(
+                    "zeros",
+                    format!("zeros[{n}, {gi}] = {z} must be in [0, 15]"),
+                );
             }
             if s < 1 {
                 return Error::invariant("s2", format!("s2[{n}, {gi}] = {s} must be >= 1"));
@@ -370,7 +412,10 @@ pub fn gemm_i8_i32(x: ArrayView2<i8>, w: ArrayView2<i8>) -> Result<Array2<i32>> 
     let ((m, kx), (n, k)) = (x.dim(), w.dim());
     check_k_match("gemm_i8_i32", kx, k)?;
     let wc = w.as_standard_layout();
-    let src = I8Rows { w: contiguous("w", &wc)?, k };
+    let src = I8Rows {
+        w: contiguous("w", &wc)?,
+        k,
+    };
     int_gemm(&widen(x), (m, n, k), k, &src, &I32Out)
 }
 
@@ -381,7 +426,11 @@ pub fn w4a8_gemm_i32(x: ArrayView2<i8>, w: &DualGrainedWeight) -> Result<Array2<
     let (m, kx) = x.dim();
     let (n, k) = w.q.dim();
     check_k_match("w4a8_gemm_i32", kx, k)?;
-    let (q, z, s2) = (w.q.as_standard_layout(), w.zeros.as_standard_layout(), w.s2.as_standard_layout());
+    let (q, z, s2) = (
+        w.q.as_standard_layout(),
+        w.zeros.as_standard_layout(),
+        w.s2.as_standard_layout(),
+    );
     let src = DgqRows::new(w, &q, &z, &s2)?;
     int_gemm(&widen(x), (m, n, k), k, &src, &I32Out)
 }
@@ -394,7 +443,10 @@ fn s1_f32(s1: &ndarray::Array1<f16>) -> Result<Vec<f32>> {
             if v.is_finite() && v > 0.0 {
                 Ok(v)
             } else {
-                Err(Error::invariant("s1", format!("s1[{i}] = {v} must be finite and > 0")))
+                Err(Error::invariant(
+                    "s1",
+                    format!("s1[{i}] = {v} must be finite and > 0"),
+                ))
             }
         })
         .collect()
@@ -402,15 +454,28 @@ fn s1_f32(s1: &ndarray::Array1<f16>) -> Result<Vec<f32>> {
 
 /// The W4A8 DGQ GEMM with its epilogue (see the module docs for the exact f32 operation order):
 /// `y[m, n] = (acc[m, n] as f32) · (s_x[m] · s1[n]) (+ bias[n])`, `acc` = [`w4a8_gemm_i32`].
-pub fn w4a8_gemm(x: &QuantizedActs, w: &DualGrainedWeight, bias: Option<ArrayView1<f32>>) -> Result<Array2<f32>> {
+pub fn w4a8_gemm(
+    x: &QuantizedActs,
+    w: &DualGrainedWeight,
+    bias: Option<ArrayView1<f32>>,
+) -> Result<Array2<f32>> {
     let (m, kx) = x.q.dim();
     let (n, k) = w.q.dim();
     check_k_match("w4a8_gemm", kx, k)?;
     check_scales(m, x.scales.view())?;
     check_bias(n, bias)?;
-    let (q, z, s2) = (w.q.as_standard_layout(), w.zeros.as_standard_layout(), w.s2.as_standard_layout());
+    let (q, z, s2) = (
+        w.q.as_standard_layout(),
+        w.zeros.as_standard_layout(),
+        w.s2.as_standard_layout(),
+    );
     let src = DgqRows::new(w, &q, &z, &s2)?;
-    let epi = ScaledOut { sx: ActScales(x.scales.view()), sw: s1_f32(&w.s1)?, groups: 1, bias };
+    let epi = ScaledOut {
+        sx: ActScales(x.scales.view()),
+        sw: s1_f32(&w.s1)?,
+        groups: 1,
+        bias,
+    };
     int_gemm(&widen(x.q.view()), (m, n, k), k, &src, &epi)
 }
 
@@ -419,7 +484,11 @@ pub fn w4a8_gemm(x: &QuantizedActs, w: &DualGrainedWeight, bias: Option<ArrayVie
 /// (the first term is not added to a zero), then `+ bias[n]`. Per-channel weights
 /// (`group_size == K`) thus get exactly the DGQ epilogue `(acc as f32) · (s_x · s_w) (+ bias)`.
 /// Codes are used as stored (the `bits` range is not re-checked); scales must be finite and `> 0`.
-pub fn w8a8_gemm(x: &QuantizedActs, w: &SymIntWeight, bias: Option<ArrayView1<f32>>) -> Result<Array2<f32>> {
+pub fn w8a8_gemm(
+    x: &QuantizedActs,
+    w: &SymIntWeight,
+    bias: Option<ArrayView1<f32>>,
+) -> Result<Array2<f32>> {
     let (m, kx) = x.q.dim();
     let (n, k) = w.q.dim();
     check_k_match("w8a8_gemm", kx, k)?;
@@ -427,8 +496,16 @@ pub fn w8a8_gemm(x: &QuantizedActs, w: &SymIntWeight, bias: Option<ArrayView1<f3
     check_bias(n, bias)?;
     let sw = super::float::sym_scales_f32(w)?;
     let wc = w.q.as_standard_layout();
-    let src = I8Rows { w: contiguous("q", &wc)?, k };
-    let groups = if w.group_size == 0 { 0 } else { k / w.group_size };
-    let epi = ScaledOut { sx: ActScales(x.scales.view()), sw, groups, bias };
+    let src = I8Rows {
+        w: contiguous("q", &wc)?,
+        k,
+    };
+    let groups = k.checked_div(w.group_size).unwrap_or(0);
+    let epi = ScaledOut {
+        sx: ActScales(x.scales.view()),
+        sw,
+        groups,
+        bias,
+    };
     int_gemm(&widen(x.q.view()), (m, n, k), w.group_size, &src, &epi)
 }

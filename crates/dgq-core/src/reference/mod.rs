@@ -38,9 +38,7 @@
 mod float;
 mod int;
 
-pub use float::{
-    fake_quant_w4a8, fake_quant_w8a8, matmul_f32_nt, w4a16_gemm, w4a16_gemm_dgq,
-};
+pub use float::{fake_quant_w4a8, fake_quant_w8a8, matmul_f32_nt, w4a16_gemm, w4a16_gemm_dgq};
 pub use int::{gemm_i8_i32, w4a8_gemm, w4a8_gemm_i32, w8a8_gemm, MAX_K_I32};
 
 use ndarray::{ArrayView1, ArrayView2, CowArray, Ix2};
@@ -50,21 +48,30 @@ use crate::error::{Error, Result};
 /// Bias, when given, must be `[N]`.
 fn check_bias(n: usize, bias: Option<ArrayView1<f32>>) -> Result<()> {
     match bias {
-        Some(b) if b.len() != n => Err(Error::shape("bias", format!("[{n}] (N)"), format!("[{}]", b.len()))),
+        Some(b) if b.len() != n => Err(Error::shape(
+            "bias",
+            format!("[{n}] (N)"),
+            format!("[{}]", b.len()),
+        )),
         _ => Ok(()),
     }
 }
 
 /// The contiguous row-major slice of a standard-layout array.
 fn contiguous<'a, T>(what: &str, a: &'a CowArray<'_, T, Ix2>) -> Result<&'a [T]> {
-    a.as_slice().ok_or_else(|| Error::invariant(what, "expected a standard-layout array"))
+    a.as_slice()
+        .ok_or_else(|| Error::invariant(what, "expected a standard-layout array"))
 }
 
 /// Normalized mean squared error `Σ (actual − reference)² / Σ reference²` in f64, the metric of
 /// every float comparison. `0` when both are all-zero, `+∞` when only the reference is.
 pub fn nmse(reference: ArrayView2<f32>, actual: ArrayView2<f32>) -> Result<f64> {
     if reference.dim() != actual.dim() {
-        return Err(Error::shape("nmse operands", format!("{:?}", reference.shape()), format!("{:?}", actual.shape())));
+        return Err(Error::shape(
+            "nmse operands",
+            format!("{:?}", reference.shape()),
+            format!("{:?}", actual.shape()),
+        ));
     }
     crate::error::check_finite("nmse reference", reference)?;
     crate::error::check_finite("nmse actual", actual)?;

@@ -144,6 +144,16 @@ fn w4a8_i32_is_bit_exact_over_shapes() {
 }
 
 #[test]
+fn w4a8_i32_is_bit_exact_for_long_prefill() {
+    // M beyond a thousand tokens (many token blocks), N not a multiple of the row block.
+    let (m, n, k, g) = (1030usize, 21usize, 384usize, 128usize);
+    let w = random_dgq(n, k, g, 77);
+    let x = rand_i8(m, k, 78, -127, 127);
+    let got = w4a8_gemm_i32(x.view(), &w).unwrap();
+    assert_eq!(got, to_i32(&naive_i64(x.view(), w.to_int8().view())));
+}
+
+#[test]
 fn gemm_i8_i32_is_exact_for_all_codes_and_layouts() {
     for (m, n, k) in [
         (1usize, 1usize, 1usize),

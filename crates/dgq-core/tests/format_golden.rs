@@ -32,7 +32,12 @@ fn regenerate_golden() {
     let p = golden_path();
     format::write(&p, &golden_model()).unwrap();
     let b = std::fs::read(&p).unwrap();
-    println!("wrote {} ({} bytes, crc32 {:08x})", p.display(), b.len(), crc32fast::hash(&b));
+    println!(
+        "wrote {} ({} bytes, crc32 {:08x})",
+        p.display(),
+        b.len(),
+        crc32fast::hash(&b)
+    );
 }
 
 #[test]
@@ -52,7 +57,10 @@ fn golden_file_loads_to_the_generator_model() {
 #[test]
 fn golden_file_reserializes_bit_identically() {
     let b = golden_file();
-    assert_eq!(format::to_bytes(&format::from_bytes(&b).unwrap()).unwrap(), b);
+    assert_eq!(
+        format::to_bytes(&format::from_bytes(&b).unwrap()).unwrap(),
+        b
+    );
     assert_eq!(golden_bytes(), b);
 }
 
@@ -61,8 +69,15 @@ fn golden_file_inspects() {
     let info = format::inspect(&golden_path()).unwrap();
     assert_eq!(info.format_version, 1);
     assert_eq!(info.source_model, "dgq/golden");
-    assert_eq!(info.metadata.get("calibration").map(String::as_str), Some("synthetic"));
-    let l: Vec<_> = info.layers.iter().map(|l| (l.name.as_str(), l.scheme, l.shape.clone(), l.bits)).collect();
+    assert_eq!(
+        info.metadata.get("calibration").map(String::as_str),
+        Some("synthetic")
+    );
+    let l: Vec<_> = info
+        .layers
+        .iter()
+        .map(|l| (l.name.as_str(), l.scheme, l.shape.clone(), l.bits))
+        .collect();
     assert_eq!(
         l,
         vec![
@@ -75,10 +90,18 @@ fn golden_file_inspects() {
         ]
     );
     let dgq = &info.layers[0];
-    assert_eq!((dgq.group_size, dgq.act, dgq.has_bias, dgq.has_smooth), (Some(8), ActQuant::DynamicPerToken, true, false));
+    assert_eq!(
+        (dgq.group_size, dgq.act, dgq.has_bias, dgq.has_smooth),
+        (Some(8), ActQuant::DynamicPerToken, true, false)
+    );
     // qweight 4·8 + zeros 4·2 + s2 4·2 + s1 4·2 + bias 4·4 bytes.
     assert_eq!(dgq.bytes, 32 + 8 + 8 + 8 + 16);
-    assert_eq!(info.layers[2].act, ActQuant::StaticPerTensor { scale: GOLDEN_ACT_SCALE });
+    assert_eq!(
+        info.layers[2].act,
+        ActQuant::StaticPerTensor {
+            scale: GOLDEN_ACT_SCALE
+        }
+    );
     let total: u64 = info.layers.iter().map(|l| l.bytes).sum();
     assert_eq!(total + 8 + info.header_bytes, info.file_bytes);
 }
@@ -100,10 +123,18 @@ impl<'a> SpecReader<'a> {
         let md = &header["__metadata__"];
         assert_eq!(md["format"], "dgq");
         assert_eq!(md["format_version"], "1");
-        let map: std::collections::BTreeMap<String, String> = serde_json::from_value(md.clone()).unwrap();
-        assert_eq!(md["metadata_crc32"].as_str().unwrap(), spec_metadata_crc(&map));
+        let map: std::collections::BTreeMap<String, String> =
+            serde_json::from_value(md.clone()).unwrap();
+        assert_eq!(
+            md["metadata_crc32"].as_str().unwrap(),
+            spec_metadata_crc(&map)
+        );
         let layers: Value = serde_json::from_str(md["layers"].as_str().unwrap()).unwrap();
-        SpecReader { data: &b[8 + n..], header, layers }
+        SpecReader {
+            data: &b[8 + n..],
+            header,
+            layers,
+        }
     }
 
     /// (dtype, shape, bytes) of `layer.role`, with its CRC checked against the layer entry.
@@ -111,8 +142,16 @@ impl<'a> SpecReader<'a> {
         let t = &self.header[format!("{layer}.{role}")];
         let off: Vec<usize> = serde_json::from_value(t["data_offsets"].clone()).unwrap();
         let bytes = &self.data[off[0]..off[1]];
-        assert_eq!(self.layers[layer]["tensors"][role].as_str().unwrap(), crc_hex(bytes), "{layer}.{role}");
-        (t["dtype"].as_str().unwrap().to_string(), serde_json::from_value(t["shape"].clone()).unwrap(), bytes)
+        assert_eq!(
+            self.layers[layer]["tensors"][role].as_str().unwrap(),
+            crc_hex(bytes),
+            "{layer}.{role}"
+        );
+        (
+            t["dtype"].as_str().unwrap().to_string(),
+            serde_json::from_value(t["shape"].clone()).unwrap(),
+            bytes,
+        )
     }
 }
 
@@ -141,9 +180,14 @@ fn golden_file_decodes_per_the_spec() {
     assert_eq!(declared + 1, r.header.as_object().unwrap().len());
 
     // DGQ: u4 codes, low nibble = even column; zeros/s2 int8; s1 f16; bias f32.
-    let LayerWeight::Dgq(w) = &m.layers[GOLDEN_DGQ].weight else { panic!() };
+    let LayerWeight::Dgq(w) = &m.layers[GOLDEN_DGQ].weight else {
+        panic!()
+    };
     let e = &r.layers[GOLDEN_DGQ];
-    assert_eq!((e["scheme"].as_str(), e["group_size"].as_u64()), (Some("dgq_w4"), Some(8)));
+    assert_eq!(
+        (e["scheme"].as_str(), e["group_size"].as_u64()),
+        (Some("dgq_w4"), Some(8))
+    );
     assert_eq!(e["shape"], serde_json::json!([4, 16]));
     assert_eq!(e["act"], serde_json::json!({"mode": "dynamic_per_token"}));
     let (dt, shape, q) = r.tensor(GOLDEN_DGQ, "qweight");
@@ -168,7 +212,8 @@ fn golden_file_decodes_per_the_spec() {
             for c in g * 8..g * 8 + 8 {
                 let byte = q[row * 8 + c / 2];
                 let code = if c % 2 == 0 { byte & 0x0f } else { byte >> 4 } as i32;
-                let v = f16_at(s1, row) * (s2[row * 2 + g] as i8 as i32 * (code - z[row * 2 + g] as i32)) as f32;
+                let v = f16_at(s1, row)
+                    * (s2[row * 2 + g] as i8 as i32 * (code - z[row * 2 + g] as i32)) as f32;
                 assert_eq!(v, w.dequantize()[[row, c]]);
             }
         }
@@ -179,7 +224,9 @@ fn golden_file_decodes_per_the_spec() {
     assert!((0..4).all(|i| f32_at(bias, i) == want[i]));
 
     // Sym int4: two's-complement nibbles, low nibble first; f16 scales [N, K/g].
-    let LayerWeight::SymInt(w4) = &m.layers[GOLDEN_INT4].weight else { panic!() };
+    let LayerWeight::SymInt(w4) = &m.layers[GOLDEN_INT4].weight else {
+        panic!()
+    };
     let (dt, shape, q4) = r.tensor(GOLDEN_INT4, "qweight");
     assert_eq!((dt.as_str(), shape), ("U8", vec![3, 8]));
     for row in 0..3 {
@@ -197,7 +244,9 @@ fn golden_file_decodes_per_the_spec() {
     assert!((0..16).all(|i| f32_at(sm, i) == m.layers[GOLDEN_INT4].smooth.as_ref().unwrap()[i]));
 
     // Sym int8 with a static activation scale, read as binary64 and narrowed.
-    let LayerWeight::SymInt(w8) = &m.layers[GOLDEN_INT8].weight else { panic!() };
+    let LayerWeight::SymInt(w8) = &m.layers[GOLDEN_INT8].weight else {
+        panic!()
+    };
     let (dt, _, q8) = r.tensor(GOLDEN_INT8, "qweight");
     assert_eq!(dt, "I8");
     assert!((0..16).all(|i| q8[i] as i8 == w8.q[[i / 8, i % 8]]));
@@ -206,16 +255,23 @@ fn golden_file_decodes_per_the_spec() {
     assert_eq!(act["scale"].as_f64().unwrap() as f32, GOLDEN_ACT_SCALE);
 
     // Float tensors.
-    let LayerWeight::Float(norm) = &m.layers[GOLDEN_NORM].weight else { panic!() };
+    let LayerWeight::Float(norm) = &m.layers[GOLDEN_NORM].weight else {
+        panic!()
+    };
     let (dt, _, nb) = r.tensor(GOLDEN_NORM, "weight");
     assert_eq!(dt, "F32");
     assert!((0..16).all(|i| f32_at(nb, i) == norm[[i]]));
-    let LayerWeight::F16(emb) = &m.layers[GOLDEN_F16].weight else { panic!() };
+    let LayerWeight::F16(emb) = &m.layers[GOLDEN_F16].weight else {
+        panic!()
+    };
     let (_, shape, eb) = r.tensor(GOLDEN_F16, "weight");
     assert_eq!(shape, vec![3, 4]);
     assert!((0..12).all(|i| f16_at(eb, i) == emb[[i / 4, i % 4]].to_f32()));
-    let LayerWeight::Bf16(gs) = &m.layers[GOLDEN_BF16].weight else { panic!() };
+    let LayerWeight::Bf16(gs) = &m.layers[GOLDEN_BF16].weight else {
+        panic!()
+    };
     let (dt, _, gb) = r.tensor(GOLDEN_BF16, "weight");
     assert_eq!(dt, "BF16");
-    assert!((0..3).all(|i| half::bf16::from_bits(u16::from_le_bytes([gb[2 * i], gb[2 * i + 1]])) == gs[[i]]));
+    assert!((0..3)
+        .all(|i| half::bf16::from_bits(u16::from_le_bytes([gb[2 * i], gb[2 * i + 1]])) == gs[[i]]));
 }

@@ -68,15 +68,21 @@ pub(crate) fn dec_i8(b: &[u8]) -> Vec<i8> {
 }
 
 pub(crate) fn dec_f16(b: &[u8]) -> Vec<f16> {
-    b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()
+    b.chunks_exact(2)
+        .map(|c| f16::from_le_bytes([c[0], c[1]]))
+        .collect()
 }
 
 pub(crate) fn dec_bf16(b: &[u8]) -> Vec<bf16> {
-    b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect()
+    b.chunks_exact(2)
+        .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+        .collect()
 }
 
 pub(crate) fn dec_f32(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// CRC-32 (IEEE 802.3 / zlib polynomial) as 8 lowercase hex digits.
@@ -86,7 +92,9 @@ pub(crate) fn crc_hex(bytes: &[u8]) -> String {
 
 /// Parses exactly 8 lowercase hex digits.
 pub(crate) fn parse_crc_hex(s: &str) -> Option<u32> {
-    let ok = s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let ok = s.len() == 8
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if ok {
         u32::from_str_radix(s, 16).ok()
     } else {

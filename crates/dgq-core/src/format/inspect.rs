@@ -56,7 +56,10 @@ pub struct FileInfo {
 impl FileInfo {
     /// Number of logical weight elements over all layers.
     pub fn weight_elements(&self) -> u64 {
-        self.layers.iter().map(|l| l.shape.iter().map(|&d| d as u64).product::<u64>()).sum()
+        self.layers
+            .iter()
+            .map(|l| l.shape.iter().map(|&d| d as u64).product::<u64>())
+            .sum()
     }
 }
 
@@ -68,7 +71,11 @@ fn info(p: Parsed, header_bytes: usize, file_bytes: u64) -> FileInfo {
             bits: l.meta.scheme.weight_bits(),
             has_bias: l.tensors.iter().any(|(s, _)| s.role == Role::Bias),
             has_smooth: l.tensors.iter().any(|(s, _)| s.role == Role::Smooth),
-            bytes: l.tensors.iter().map(|(_, (a, b))| b.saturating_sub(*a) as u64).sum(),
+            bytes: l
+                .tensors
+                .iter()
+                .map(|(_, (a, b))| b.saturating_sub(*a) as u64)
+                .sum(),
             scheme: l.meta.scheme,
             shape: l.meta.shape,
             group_size: l.meta.group_size,
@@ -97,12 +104,18 @@ pub fn inspect_bytes(bytes: &[u8]) -> Result<FileInfo> {
 /// [`super::read`] is made (format, version, metadata CRC, declared tensors' presence, dtypes
 /// and shapes, no extra tensors, data size), but tensor data is neither read nor CRC-checked.
 pub fn inspect(path: &Path) -> Result<FileInfo> {
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let file_bytes = f.seek(SeekFrom::End(0)).map_err(io)?;
     f.seek(SeekFrom::Start(0)).map_err(io)?;
     if file_bytes < 8 {
-        return Err(Error::format("<header>", format!("file is {file_bytes} bytes, shorter than the 8-byte header length")));
+        return Err(Error::format(
+            "<header>",
+            format!("file is {file_bytes} bytes, shorter than the 8-byte header length"),
+        ));
     }
     let mut len = [0u8; 8];
     f.read_exact(&mut len).map_err(io)?;

@@ -15,7 +15,14 @@ pub(crate) const KEY_METHOD: &str = "method";
 pub(crate) const KEY_LAYERS: &str = "layers";
 pub(crate) const KEY_CRC: &str = "metadata_crc32";
 /// Keys a writer sets itself; every other `__metadata__` key is a free-form extra.
-pub(crate) const RESERVED_KEYS: [&str; 6] = [KEY_FORMAT, KEY_VERSION, KEY_SOURCE, KEY_METHOD, KEY_LAYERS, KEY_CRC];
+pub(crate) const RESERVED_KEYS: [&str; 6] = [
+    KEY_FORMAT,
+    KEY_VERSION,
+    KEY_SOURCE,
+    KEY_METHOD,
+    KEY_LAYERS,
+    KEY_CRC,
+];
 
 /// What a tensor of a layer holds; its `as_str` is the tensor-name suffix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -31,8 +38,16 @@ pub(crate) enum Role {
 }
 
 impl Role {
-    const ALL: [Role; 8] =
-        [Role::QWeight, Role::Zeros, Role::S2, Role::S1, Role::Scales, Role::Weight, Role::Bias, Role::Smooth];
+    const ALL: [Role; 8] = [
+        Role::QWeight,
+        Role::Zeros,
+        Role::S2,
+        Role::S1,
+        Role::Scales,
+        Role::Weight,
+        Role::Bias,
+        Role::Smooth,
+    ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -83,11 +98,18 @@ enum ActMode {
 impl ActMeta {
     pub(crate) fn from_act(a: ActQuant) -> Self {
         match a {
-            ActQuant::None => ActMeta { mode: ActMode::None, scale: None },
-            ActQuant::DynamicPerToken => ActMeta { mode: ActMode::DynamicPerToken, scale: None },
-            ActQuant::StaticPerTensor { scale } => {
-                ActMeta { mode: ActMode::StaticPerTensor, scale: Some(f64::from(scale)) }
-            }
+            ActQuant::None => ActMeta {
+                mode: ActMode::None,
+                scale: None,
+            },
+            ActQuant::DynamicPerToken => ActMeta {
+                mode: ActMode::DynamicPerToken,
+                scale: None,
+            },
+            ActQuant::StaticPerTensor { scale } => ActMeta {
+                mode: ActMode::StaticPerTensor,
+                scale: Some(f64::from(scale)),
+            },
         }
     }
 
@@ -100,11 +122,20 @@ impl ActMeta {
                 if scale.is_finite() && scale > 0.0 {
                     Ok(ActQuant::StaticPerTensor { scale })
                 } else {
-                    Err(Problem::new(layer, format!("static activation scale {s} must be a finite f32 > 0")))
+                    Err(Problem::new(
+                        layer,
+                        format!("static activation scale {s} must be a finite f32 > 0"),
+                    ))
                 }
             }
-            (ActMode::StaticPerTensor, None) => Err(Problem::new(layer, "static_per_tensor activation lacks its scale")),
-            (_, Some(_)) => Err(Problem::new(layer, "activation scale given for a mode without one")),
+            (ActMode::StaticPerTensor, None) => Err(Problem::new(
+                layer,
+                "static_per_tensor activation lacks its scale",
+            )),
+            (_, Some(_)) => Err(Problem::new(
+                layer,
+                "activation scale given for a mode without one",
+            )),
         }
     }
 }
@@ -133,7 +164,12 @@ pub(crate) struct TensorSpec {
 }
 
 /// Dtype and shape of each tensor role for a layer of logical shape `shape`.
-pub(crate) fn expected(scheme: Scheme, shape: &[usize], group_size: usize, role: Role) -> Option<(Dt, Vec<usize>)> {
+pub(crate) fn expected(
+    scheme: Scheme,
+    shape: &[usize],
+    group_size: usize,
+    role: Role,
+) -> Option<(Dt, Vec<usize>)> {
     let (n, k) = match shape {
         &[n, k] => (n, k),
         _ => (0, 0),
@@ -160,35 +196,62 @@ impl LayerMeta {
     pub(crate) fn specs(&self, layer: &str) -> std::result::Result<Vec<TensorSpec>, Problem> {
         let shape = &self.shape;
         if shape.contains(&0) {
-            return Err(Problem::new(layer, format!("logical shape {shape:?} has a zero dimension")));
+            return Err(Problem::new(
+                layer,
+                format!("logical shape {shape:?} has a zero dimension"),
+            ));
         }
         let g = match (self.scheme.is_quantized(), self.group_size) {
             (true, Some(g)) => {
                 let &[_, k] = shape.as_slice() else {
-                    return Err(Problem::new(layer, format!("{} needs a 2-D shape [N, K], got {shape:?}", self.scheme)));
+                    return Err(Problem::new(
+                        layer,
+                        format!("{} needs a 2-D shape [N, K], got {shape:?}", self.scheme),
+                    ));
                 };
                 if g == 0 || k % g != 0 {
-                    return Err(Problem::new(layer, format!("group size {g} must be positive and divide K = {k}")));
+                    return Err(Problem::new(
+                        layer,
+                        format!("group size {g} must be positive and divide K = {k}"),
+                    ));
                 }
                 let packed = matches!(self.scheme, Scheme::DgqW4 | Scheme::SymInt4);
                 if packed && (k % 2 != 0 || g % 2 != 0) {
                     return Err(Problem::new(
                         layer,
-                        format!("{} needs K = {k} and group size {g} even (nibble packing)", self.scheme),
+                        format!(
+                            "{} needs K = {k} and group size {g} even (nibble packing)",
+                            self.scheme
+                        ),
                     ));
                 }
                 g
             }
-            (true, None) => return Err(Problem::new(layer, format!("{} layer lacks group_size", self.scheme))),
-            (false, Some(_)) => return Err(Problem::new(layer, format!("{} layer must not have group_size", self.scheme))),
+            (true, None) => {
+                return Err(Problem::new(
+                    layer,
+                    format!("{} layer lacks group_size", self.scheme),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(Problem::new(
+                    layer,
+                    format!("{} layer must not have group_size", self.scheme),
+                ))
+            }
             (false, None) => 0,
         };
         let mut roles = BTreeSet::new();
-        for (r, _) in &self.tensors {
-            let Some(role) = Role::parse(r).filter(|&role| expected(self.scheme, shape, g, role).is_some()) else {
+        for r in self.tensors.keys() {
+            let Some(role) =
+                Role::parse(r).filter(|&role| expected(self.scheme, shape, g, role).is_some())
+            else {
                 return Err(Problem::new(
                     tensor_name(layer, r),
-                    format!("tensor role `{r}` is not allowed for a {} layer of shape {shape:?}", self.scheme),
+                    format!(
+                        "tensor role `{r}` is not allowed for a {} layer of shape {shape:?}",
+                        self.scheme
+                    ),
                 ));
             };
             roles.insert(role);
@@ -197,21 +260,37 @@ impl LayerMeta {
             if !roles.contains(&role) {
                 return Err(Problem::new(
                     tensor_name(layer, role.as_str()),
-                    format!("required by scheme {} but not declared in the layer's metadata", self.scheme),
+                    format!(
+                        "required by scheme {} but not declared in the layer's metadata",
+                        self.scheme
+                    ),
                 ));
             }
         }
         let mut out = Vec::with_capacity(roles.len());
         for role in roles {
             let name = tensor_name(layer, role.as_str());
-            let crc_str = self.tensors.get(role.as_str()).map(String::as_str).unwrap_or_default();
+            let crc_str = self
+                .tensors
+                .get(role.as_str())
+                .map(String::as_str)
+                .unwrap_or_default();
             let Some(crc) = parse_crc_hex(crc_str) else {
-                return Err(Problem::new(name, format!("CRC-32 `{crc_str}` is not 8 lowercase hex digits")));
+                return Err(Problem::new(
+                    name,
+                    format!("CRC-32 `{crc_str}` is not 8 lowercase hex digits"),
+                ));
             };
             let Some((dtype, shape)) = expected(self.scheme, shape, g, role) else {
                 return Err(Problem::new(name, "role not allowed"));
             };
-            out.push(TensorSpec { role, name, dtype, shape, crc });
+            out.push(TensorSpec {
+                role,
+                name,
+                dtype,
+                shape,
+                crc,
+            });
         }
         Ok(out)
     }
@@ -261,13 +340,17 @@ pub(crate) struct Parsed {
 }
 
 fn meta_key<'a>(m: &'a HashMap<String, String>, key: &str) -> Result<&'a String> {
-    m.get(key).ok_or_else(|| Error::format(format!("__metadata__.{key}"), "missing"))
+    m.get(key)
+        .ok_or_else(|| Error::format(format!("__metadata__.{key}"), "missing"))
 }
 
 /// Validates a parsed safetensors header as a format-v1 header.
 pub(crate) fn parse(st: &safetensors::tensor::Metadata) -> Result<Parsed> {
     let Some(m) = st.metadata() else {
-        return Err(Error::format("__metadata__", "missing: not a dgq packed file"));
+        return Err(Error::format(
+            "__metadata__",
+            "missing: not a dgq packed file",
+        ));
     };
     let format = meta_key(m, KEY_FORMAT)?;
     if format != FORMAT_NAME {
@@ -278,11 +361,17 @@ pub(crate) fn parse(st: &safetensors::tensor::Metadata) -> Result<Parsed> {
     }
     let version = meta_key(m, KEY_VERSION)?;
     if *version != FORMAT_VERSION.to_string() {
-        return Err(Error::UnsupportedVersion { found: version.clone(), supported: FORMAT_VERSION });
+        return Err(Error::UnsupportedVersion {
+            found: version.clone(),
+            supported: FORMAT_VERSION,
+        });
     }
     let stored = meta_key(m, KEY_CRC)?;
     let Some(stored) = parse_crc_hex(stored) else {
-        return Err(Error::format("__metadata__.metadata_crc32", format!("{stored:?} is not 8 lowercase hex digits")));
+        return Err(Error::format(
+            "__metadata__.metadata_crc32",
+            format!("{stored:?} is not 8 lowercase hex digits"),
+        ));
     };
     let computed = metadata_crc(m.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     if stored != computed {
@@ -307,13 +396,19 @@ pub(crate) fn parse(st: &safetensors::tensor::Metadata) -> Result<Parsed> {
         check_layer_name(&name).map_err(Problem::into_format)?;
         let act = meta.act.to_act(&name).map_err(Problem::into_format)?;
         if act != ActQuant::None && meta.shape.len() != 2 {
-            return Err(Error::format(&name, "activation quantization needs a 2-D [N, K] weight"));
+            return Err(Error::format(
+                &name,
+                "activation quantization needs a 2-D [N, K] weight",
+            ));
         }
         let specs = meta.specs(&name).map_err(Problem::into_format)?;
         let mut tensors = Vec::with_capacity(specs.len());
         for spec in specs {
             let Some(info) = st.info(&spec.name) else {
-                return Err(Error::format(&spec.name, "declared in the metadata but missing from the file"));
+                return Err(Error::format(
+                    &spec.name,
+                    "declared in the metadata but missing from the file",
+                ));
             };
             if info.dtype != spec.dtype.st() {
                 return Err(Error::format(
@@ -322,20 +417,40 @@ pub(crate) fn parse(st: &safetensors::tensor::Metadata) -> Result<Parsed> {
                 ));
             }
             if info.shape != spec.shape {
-                return Err(Error::format(&spec.name, format!("shape is {:?}, expected {:?}", info.shape, spec.shape)));
+                return Err(Error::format(
+                    &spec.name,
+                    format!("shape is {:?}, expected {:?}", info.shape, spec.shape),
+                ));
             }
             if !declared.insert(spec.name.clone()) {
                 return Err(Error::format(&spec.name, "declared by two layers"));
             }
             tensors.push((spec, info.data_offsets));
         }
-        out.push(ParsedLayer { name, meta, act, tensors });
+        out.push(ParsedLayer {
+            name,
+            meta,
+            act,
+            tensors,
+        });
     }
-    let extra = st.tensors().into_keys().filter(|t| !declared.contains(t)).min();
+    let extra = st
+        .tensors()
+        .into_keys()
+        .filter(|t| !declared.contains(t))
+        .min();
     if let Some(t) = extra {
-        return Err(Error::format(t, "unexpected tensor: not declared by any layer in the metadata"));
+        return Err(Error::format(
+            t,
+            "unexpected tensor: not declared by any layer in the metadata",
+        ));
     }
-    Ok(Parsed { source_model, method, extras, layers: out })
+    Ok(Parsed {
+        source_model,
+        method,
+        extras,
+        layers: out,
+    })
 }
 
 #[cfg(test)]
@@ -348,9 +463,14 @@ mod tests {
         let mut bits = 1u32;
         while bits < 0x7f80_0000 {
             let scale = f32::from_bits(bits);
-            let j = serde_json::to_string(&ActMeta::from_act(ActQuant::StaticPerTensor { scale })).unwrap();
+            let j = serde_json::to_string(&ActMeta::from_act(ActQuant::StaticPerTensor { scale }))
+                .unwrap();
             let back: ActMeta = serde_json::from_str(&j).unwrap();
-            assert_eq!(back.to_act("l").unwrap(), ActQuant::StaticPerTensor { scale }, "{j}");
+            assert_eq!(
+                back.to_act("l").unwrap(),
+                ActQuant::StaticPerTensor { scale },
+                "{j}"
+            );
             bits += 0x1357;
         }
     }
@@ -359,7 +479,13 @@ mod tests {
     fn act_json_shape() {
         let j = |a| serde_json::to_string(&ActMeta::from_act(a)).unwrap();
         assert_eq!(j(ActQuant::None), r#"{"mode":"none"}"#);
-        assert_eq!(j(ActQuant::DynamicPerToken), r#"{"mode":"dynamic_per_token"}"#);
-        assert_eq!(j(ActQuant::StaticPerTensor { scale: 0.5 }), r#"{"mode":"static_per_tensor","scale":0.5}"#);
+        assert_eq!(
+            j(ActQuant::DynamicPerToken),
+            r#"{"mode":"dynamic_per_token"}"#
+        );
+        assert_eq!(
+            j(ActQuant::StaticPerTensor { scale: 0.5 }),
+            r#"{"mode":"static_per_tensor","scale":0.5}"#
+        );
     }
 }

@@ -56,7 +56,9 @@ pub const MAX_LAYER_NAME_BYTES: usize = 1024;
 pub const FILE_SUFFIX: &str = ".dgq.safetensors";
 
 /// How a layer's weight is stored; its `as_str` is the `scheme` value in the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Scheme {
     /// DGQ W4: u4 codes, u4 zero points, INT8 group scales S2, FP16 channel scales s1.
@@ -75,7 +77,14 @@ pub enum Scheme {
 
 impl Scheme {
     /// Every scheme of format v1.
-    pub const ALL: [Scheme; 6] = [Scheme::DgqW4, Scheme::SymInt4, Scheme::SymInt8, Scheme::F32, Scheme::F16, Scheme::Bf16];
+    pub const ALL: [Scheme; 6] = [
+        Scheme::DgqW4,
+        Scheme::SymInt4,
+        Scheme::SymInt8,
+        Scheme::F32,
+        Scheme::F16,
+        Scheme::Bf16,
+    ];
 
     /// The string stored in the file's `scheme` field.
     pub fn as_str(self) -> &'static str {
@@ -191,7 +200,12 @@ pub struct PackedLayer {
 impl PackedLayer {
     /// A layer with float activations, no bias and no smoothing.
     pub fn new(weight: LayerWeight) -> Self {
-        PackedLayer { weight, act: ActQuant::None, bias: None, smooth: None }
+        PackedLayer {
+            weight,
+            act: ActQuant::None,
+            bias: None,
+            smooth: None,
+        }
     }
     /// Sets the activation quantization.
     pub fn with_act(mut self, act: ActQuant) -> Self {
@@ -229,7 +243,11 @@ pub struct PackedModel {
 impl PackedModel {
     /// An empty model.
     pub fn new(source_model: impl Into<String>, method: impl Into<String>) -> Self {
-        PackedModel { source_model: source_model.into(), method: method.into(), ..Default::default() }
+        PackedModel {
+            source_model: source_model.into(),
+            method: method.into(),
+            ..Default::default()
+        }
     }
 
     /// Checks every invariant [`write`] checks, without serializing.
@@ -253,30 +271,48 @@ pub(crate) struct Problem {
 
 impl Problem {
     pub(crate) fn new(tensor: impl Into<String>, problem: impl Into<String>) -> Self {
-        Problem { tensor: tensor.into(), problem: problem.into() }
+        Problem {
+            tensor: tensor.into(),
+            problem: problem.into(),
+        }
     }
     pub(crate) fn into_invariant(self) -> Error {
-        Error::Invariant { tensor: self.tensor, problem: self.problem }
+        Error::Invariant {
+            tensor: self.tensor,
+            problem: self.problem,
+        }
     }
     pub(crate) fn into_format(self) -> Error {
-        Error::Format { tensor: self.tensor, problem: self.problem }
+        Error::Format {
+            tensor: self.tensor,
+            problem: self.problem,
+        }
     }
 }
 
 /// Layer names end up in tensor names and in JSON; keep them printable and bounded.
 pub(crate) fn check_layer_name(name: &str) -> std::result::Result<(), Problem> {
     if name.is_empty() {
-        return Err(Problem::new("<empty layer name>", "layer names must be non-empty"));
+        return Err(Problem::new(
+            "<empty layer name>",
+            "layer names must be non-empty",
+        ));
     }
     if name.len() > MAX_LAYER_NAME_BYTES {
         let shown: String = name.chars().take(64).collect();
         return Err(Problem::new(
             format!("{shown}…"),
-            format!("layer name is {} bytes, more than {MAX_LAYER_NAME_BYTES}", name.len()),
+            format!(
+                "layer name is {} bytes, more than {MAX_LAYER_NAME_BYTES}",
+                name.len()
+            ),
         ));
     }
     if name.chars().any(char::is_control) {
-        return Err(Problem::new(name.escape_default().to_string(), "layer name contains a control character"));
+        return Err(Problem::new(
+            name.escape_default().to_string(),
+            "layer name contains a control character",
+        ));
     }
     Ok(())
 }
@@ -288,19 +324,35 @@ pub(crate) fn tensor_name(layer: &str, role: &str) -> String {
 
 /// Maps an error from a weight type's own `validate` to the file's tensor naming.
 fn core_problem(layer: &str, e: Error) -> Problem {
-    let role = |t: &str| if t == "q" { "qweight".to_string() } else { t.to_string() };
-    match e {
-        Error::Invariant { tensor, problem } => Problem::new(tensor_name(layer, &role(&tensor)), problem),
-        Error::Shape { what, expected, got } => {
-            Problem::new(tensor_name(layer, &role(&what)), format!("expected shape {expected}, got {got}"))
+    let role = |t: &str| {
+        if t == "q" {
+            "qweight".to_string()
+        } else {
+            t.to_string()
         }
+    };
+    match e {
+        Error::Invariant { tensor, problem } => {
+            Problem::new(tensor_name(layer, &role(&tensor)), problem)
+        }
+        Error::Shape {
+            what,
+            expected,
+            got,
+        } => Problem::new(
+            tensor_name(layer, &role(&what)),
+            format!("expected shape {expected}, got {got}"),
+        ),
         other => Problem::new(layer, other.to_string()),
     }
 }
 
 fn check_dims(tensor: String, shape: &[usize]) -> std::result::Result<(), Problem> {
     if shape.contains(&0) {
-        return Err(Problem::new(tensor, format!("shape {shape:?} has a zero dimension")));
+        return Err(Problem::new(
+            tensor,
+            format!("shape {shape:?} has a zero dimension"),
+        ));
     }
     Ok(())
 }
@@ -309,7 +361,9 @@ fn first_bad<'a, T: 'a + Copy>(
     it: impl IntoIterator<Item = (IxDyn, &'a T)>,
     ok: impl Fn(T) -> bool,
 ) -> Option<(Vec<usize>, T)> {
-    it.into_iter().find(|(_, v)| !ok(**v)).map(|(i, v)| (i.slice().to_vec(), *v))
+    it.into_iter()
+        .find(|(_, v)| !ok(**v))
+        .map(|(i, v)| (i.slice().to_vec(), *v))
 }
 
 /// Checks every invariant of a layer; the problem names the full tensor name.
@@ -352,23 +406,42 @@ pub(crate) fn check_layer(name: &str, l: &PackedLayer) -> std::result::Result<()
     };
     if let ActQuant::StaticPerTensor { scale } = l.act {
         if !(scale.is_finite() && scale > 0.0) {
-            return Err(Problem::new(name, format!("static activation scale {scale} must be finite and > 0")));
+            return Err(Problem::new(
+                name,
+                format!("static activation scale {scale} must be finite and > 0"),
+            ));
         }
     }
     if l.act != ActQuant::None && nk.is_none() {
-        return Err(Problem::new(name, format!("activation quantization needs a 2-D [N, K] weight, shape is {shape:?}")));
+        return Err(Problem::new(
+            name,
+            format!("activation quantization needs a 2-D [N, K] weight, shape is {shape:?}"),
+        ));
     }
-    for (role, v, dim, positive) in [("bias", &l.bias, 0usize, false), ("smooth", &l.smooth, 1, true)] {
+    for (role, v, dim, positive) in [
+        ("bias", &l.bias, 0usize, false),
+        ("smooth", &l.smooth, 1, true),
+    ] {
         let Some(v) = v else { continue };
         let t = tensor_name(name, role);
         let Some((n, k)) = nk else {
-            return Err(Problem::new(t, format!("a {role} needs a 2-D [N, K] weight, shape is {shape:?}")));
+            return Err(Problem::new(
+                t,
+                format!("a {role} needs a 2-D [N, K] weight, shape is {shape:?}"),
+            ));
         };
         let want = if dim == 0 { n } else { k };
         if v.len() != want {
-            return Err(Problem::new(t, format!("expected shape [{want}], got [{}]", v.len())));
+            return Err(Problem::new(
+                t,
+                format!("expected shape [{want}], got [{}]", v.len()),
+            ));
         }
-        if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !x.is_finite() || (positive && **x <= 0.0)) {
+        if let Some((i, x)) = v
+            .iter()
+            .enumerate()
+            .find(|(_, x)| !x.is_finite() || (positive && **x <= 0.0))
+        {
             let need = if positive { "finite and > 0" } else { "finite" };
             return Err(Problem::new(t, format!("{role}[{i}] = {x} must be {need}")));
         }
@@ -383,8 +456,14 @@ mod tests {
     #[test]
     fn scheme_strings_match_serde() {
         for s in Scheme::ALL {
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
-            assert_eq!(serde_json::from_str::<Scheme>(&format!("\"{s}\"")).unwrap(), s);
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+            assert_eq!(
+                serde_json::from_str::<Scheme>(&format!("\"{s}\"")).unwrap(),
+                s
+            );
         }
     }
 

@@ -28,7 +28,10 @@ pub(crate) fn st_error(e: safetensors::SafeTensorError) -> Error {
 
 /// Reads and validates a packed file. See [`from_bytes`].
 pub fn read(path: &Path) -> Result<PackedModel> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     from_bytes(&bytes)
 }
 
@@ -43,18 +46,26 @@ pub fn read(path: &Path) -> Result<PackedModel> {
 pub fn from_bytes(bytes: &[u8]) -> Result<PackedModel> {
     let (n, st) = SafeTensors::read_metadata(bytes).map_err(st_error)?;
     let parsed = meta::parse(&st)?;
-    let data = bytes.get(8 + n..).ok_or_else(|| Error::format("<header>", "header extends past the end"))?;
+    let data = bytes
+        .get(8 + n..)
+        .ok_or_else(|| Error::format("<header>", "header extends past the end"))?;
     let mut layers = BTreeMap::new();
     for pl in &parsed.layers {
         let layer = decode_layer(pl, data)?;
         check_layer(&pl.name, &layer).map_err(Problem::into_format)?;
         layers.insert(pl.name.clone(), layer);
     }
-    Ok(PackedModel { source_model: parsed.source_model, method: parsed.method, layers, metadata: parsed.extras })
+    Ok(PackedModel {
+        source_model: parsed.source_model,
+        method: parsed.method,
+        layers,
+        metadata: parsed.extras,
+    })
 }
 
 fn arr2<T>(name: &str, shape: (usize, usize), v: Vec<T>) -> Result<Array2<T>> {
-    Array2::from_shape_vec(shape, v).map_err(|e| Error::format(name, format!("element count does not fit the shape: {e}")))
+    Array2::from_shape_vec(shape, v)
+        .map_err(|e| Error::format(name, format!("element count does not fit the shape: {e}")))
 }
 
 fn arr_d<T>(name: &str, shape: &[usize], v: Vec<T>) -> Result<ArrayD<T>> {
@@ -65,7 +76,9 @@ fn arr_d<T>(name: &str, shape: &[usize], v: Vec<T>) -> Result<ArrayD<T>> {
 fn decode_layer(pl: &ParsedLayer, data: &[u8]) -> Result<PackedLayer> {
     let mut raw: BTreeMap<Role, (&str, &[u8])> = BTreeMap::new();
     for (spec, (start, end)) in &pl.tensors {
-        let bytes = data.get(*start..*end).ok_or_else(|| Error::format(&spec.name, "data offsets out of bounds"))?;
+        let bytes = data
+            .get(*start..*end)
+            .ok_or_else(|| Error::format(&spec.name, "data offsets out of bounds"))?;
         let crc = crc32fast::hash(bytes);
         if crc != spec.crc {
             return Err(Error::format(
@@ -76,7 +89,9 @@ fn decode_layer(pl: &ParsedLayer, data: &[u8]) -> Result<PackedLayer> {
         raw.insert(spec.role, (spec.name.as_str(), bytes));
     }
     let get = |role: Role| {
-        raw.get(&role).copied().ok_or_else(|| Error::format(format!("{}.{}", pl.name, role.as_str()), "missing"))
+        raw.get(&role)
+            .copied()
+            .ok_or_else(|| Error::format(format!("{}.{}", pl.name, role.as_str()), "missing"))
     };
     let shape = &pl.meta.shape;
     let (n, k) = match shape.as_slice() {
@@ -103,11 +118,19 @@ fn decode_layer(pl: &ParsedLayer, data: &[u8]) -> Result<PackedLayer> {
             let (qn, qb) = get(Role::QWeight)?;
             let (scn, scb) = get(Role::Scales)?;
             let (bits, q) = if pl.meta.scheme == Scheme::SymInt4 {
-                (Bits::Int4, unpack_i4(arr2(qn, (n, k / 2), qb.to_vec())?.view()))
+                (
+                    Bits::Int4,
+                    unpack_i4(arr2(qn, (n, k / 2), qb.to_vec())?.view()),
+                )
             } else {
                 (Bits::Int8, arr2(qn, (n, k), dec_i8(qb))?)
             };
-            LayerWeight::SymInt(SymIntWeight { bits, group_size: g, q, scales: arr2(scn, (n, ng), dec_f16(scb))? })
+            LayerWeight::SymInt(SymIntWeight {
+                bits,
+                group_size: g,
+                q,
+                scales: arr2(scn, (n, ng), dec_f16(scb))?,
+            })
         }
         Scheme::F32 => {
             let (wn, wb) = get(Role::Weight)?;
@@ -123,5 +146,10 @@ fn decode_layer(pl: &ParsedLayer, data: &[u8]) -> Result<PackedLayer> {
         }
     };
     let vec1 = |role| raw.get(&role).map(|(_, b)| Array1::from_vec(dec_f32(b)));
-    Ok(PackedLayer { weight, act: pl.act, bias: vec1(Role::Bias), smooth: vec1(Role::Smooth) })
+    Ok(PackedLayer {
+        weight,
+        act: pl.act,
+        bias: vec1(Role::Bias),
+        smooth: vec1(Role::Smooth),
+    })
 }

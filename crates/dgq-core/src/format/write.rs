@@ -11,8 +11,8 @@ use std::path::Path;
 use super::codec::{crc_hex, enc_bf16, enc_f16, enc_f32, enc_i8, Dt};
 use super::meta::{self, ActMeta, LayerMeta, Role};
 use super::{
-    check_layer, check_layer_name, tensor_name, LayerWeight, PackedLayer, PackedModel, Problem, FORMAT_NAME,
-    FORMAT_VERSION, MAX_HEADER_BYTES,
+    check_layer, check_layer_name, tensor_name, LayerWeight, PackedLayer, PackedModel, Problem,
+    FORMAT_NAME, FORMAT_VERSION, MAX_HEADER_BYTES,
 };
 use crate::error::{Error, Result};
 use crate::pack::{pack_i4, pack_u4};
@@ -41,14 +41,22 @@ impl Encoded {
     }
 }
 
+/// One encoded tensor of a layer: role, dtype, shape, little-endian bytes.
+type LayerTensor = (Role, Dt, Vec<usize>, Vec<u8>);
+
 /// The tensors of one (validated) layer, by role.
-fn encode_layer(layer: &PackedLayer) -> Result<Vec<(Role, Dt, Vec<usize>, Vec<u8>)>> {
+fn encode_layer(layer: &PackedLayer) -> Result<Vec<LayerTensor>> {
     let mut out = Vec::new();
     match &layer.weight {
         LayerWeight::Dgq(w) => {
             let (n, k) = w.q.dim();
             let g = w.zeros.ncols();
-            out.push((Role::QWeight, Dt::U8, vec![n, k / 2], pack_u4(w.q.view())?.iter().copied().collect()));
+            out.push((
+                Role::QWeight,
+                Dt::U8,
+                vec![n, k / 2],
+                pack_u4(w.q.view())?.iter().copied().collect(),
+            ));
             out.push((Role::Zeros, Dt::I8, vec![n, g], enc_i8(&w.zeros)));
             out.push((Role::S2, Dt::I8, vec![n, g], enc_i8(&w.s2)));
             out.push((Role::S1, Dt::F16, vec![n], enc_f16(&w.s1)));
@@ -57,9 +65,12 @@ fn encode_layer(layer: &PackedLayer) -> Result<Vec<(Role, Dt, Vec<usize>, Vec<u8
             let (n, k) = w.q.dim();
             let g = w.scales.ncols();
             match w.bits {
-                Bits::Int4 => {
-                    out.push((Role::QWeight, Dt::U8, vec![n, k / 2], pack_i4(w.q.view())?.iter().copied().collect()))
-                }
+                Bits::Int4 => out.push((
+                    Role::QWeight,
+                    Dt::U8,
+                    vec![n, k / 2],
+                    pack_i4(w.q.view())?.iter().copied().collect(),
+                )),
                 Bits::Int8 => out.push((Role::QWeight, Dt::I8, vec![n, k], enc_i8(&w.q))),
             }
             out.push((Role::Scales, Dt::F16, vec![n, g], enc_f16(&w.scales)));
@@ -78,7 +89,8 @@ fn encode_layer(layer: &PackedLayer) -> Result<Vec<(Role, Dt, Vec<usize>, Vec<u8
 }
 
 fn json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| Error::format("<header>", format!("cannot serialize: {e}")))
+    serde_json::to_string(v)
+        .map_err(|e| Error::format("<header>", format!("cannot serialize: {e}")))
 }
 
 fn encode(m: &PackedModel) -> Result<Encoded> {
@@ -95,9 +107,17 @@ fn encode(m: &PackedModel) -> Result<Encoded> {
             let tname = tensor_name(name, role.as_str());
             // Roles contain no '.', so distinct layers cannot collide; checked anyway.
             if !names.insert(tname.clone()) {
-                return Err(Error::invariant(tname, "tensor name produced by two layers"));
+                return Err(Error::invariant(
+                    tname,
+                    "tensor name produced by two layers",
+                ));
             }
-            tensors.push(OutTensor { name: tname, dtype, shape, data });
+            tensors.push(OutTensor {
+                name: tname,
+                dtype,
+                shape,
+                data,
+            });
         }
         let lm = LayerMeta {
             scheme: layer.weight.scheme(),
@@ -119,7 +139,12 @@ fn encode(m: &PackedModel) -> Result<Encoded> {
     md.insert(meta::KEY_CRC.into(), format!("{crc:08x}"));
 
     // Larger elements first, so each tensor starts at a multiple of its element size.
-    tensors.sort_by(|a, b| b.dtype.size().cmp(&a.dtype.size()).then_with(|| a.name.cmp(&b.name)));
+    tensors.sort_by(|a, b| {
+        b.dtype
+            .size()
+            .cmp(&a.dtype.size())
+            .then_with(|| a.name.cmp(&b.name))
+    });
 
     let mut h = String::from("{\"__metadata__\":");
     h += &json(&md)?;
@@ -140,7 +165,11 @@ fn encode(m: &PackedModel) -> Result<Encoded> {
         h.push(' ');
     }
     if h.len() > MAX_HEADER_BYTES {
-        return Err(Error::config("layers", m.layers.len(), "the header would exceed the 100 MB safetensors limit"));
+        return Err(Error::config(
+            "layers",
+            m.layers.len(),
+            "the header would exceed the 100 MB safetensors limit",
+        ));
     }
     let mut head = Vec::with_capacity(8 + h.len());
     head.extend((h.len() as u64).to_le_bytes());
@@ -153,8 +182,12 @@ fn encode(m: &PackedModel) -> Result<Encoded> {
 /// bytes.
 pub fn to_bytes(m: &PackedModel) -> Result<Vec<u8>> {
     let e = encode(m)?;
-    let mut out = Vec::with_capacity(e.head.len() + e.tensors.iter().map(|t| t.data.len()).sum::<usize>());
-    e.write_to(&mut out).map_err(|source| Error::Io { path: "<memory>".into(), source })?;
+    let mut out =
+        Vec::with_capacity(e.head.len() + e.tensors.iter().map(|t| t.data.len()).sum::<usize>());
+    e.write_to(&mut out).map_err(|source| Error::Io {
+        path: "<memory>".into(),
+        source,
+    })?;
     Ok(out)
 }
 
@@ -163,12 +196,19 @@ pub fn to_bytes(m: &PackedModel) -> Result<Vec<u8>> {
 /// fsynced on Unix). On any failure `path` is left as it was and the temporary file is removed.
 pub fn write(path: &Path, m: &PackedModel) -> Result<()> {
     let e = encode(m)?;
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::Builder::new().prefix(".dgq-").suffix(".tmp").tempfile_in(dir).map_err(io)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".dgq-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io)?;
     {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         e.write_to(&mut w).map_err(io)?;
@@ -178,6 +218,8 @@ pub fn write(path: &Path, m: &PackedModel) -> Result<()> {
     tmp.persist(path).map_err(|pe| io(pe.error))?;
     // The rename is durable only once the directory entry is on disk.
     #[cfg(unix)]
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
     Ok(())
 }

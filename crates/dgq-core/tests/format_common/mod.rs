@@ -117,22 +117,34 @@ pub fn golden_model() -> PackedModel {
     let bias = Array1::from_shape_fn(4, |_| r.small());
     m.layers.insert(
         GOLDEN_DGQ.into(),
-        PackedLayer::new(LayerWeight::Dgq(dgq)).with_act(ActQuant::DynamicPerToken).with_bias(bias),
+        PackedLayer::new(LayerWeight::Dgq(dgq))
+            .with_act(ActQuant::DynamicPerToken)
+            .with_bias(bias),
     );
     let up = sym_weight(&mut r, Bits::Int4, 3, 16, 8);
     let smooth = Array1::from_shape_fn(16, |_| (1 + r.below(100)) as f32 / 16.0);
-    m.layers.insert(GOLDEN_INT4.into(), PackedLayer::new(LayerWeight::SymInt(up)).with_smooth(smooth));
+    m.layers.insert(
+        GOLDEN_INT4.into(),
+        PackedLayer::new(LayerWeight::SymInt(up)).with_smooth(smooth),
+    );
     let down = sym_weight(&mut r, Bits::Int8, 2, 8, 8);
     m.layers.insert(
         GOLDEN_INT8.into(),
-        PackedLayer::new(LayerWeight::SymInt(down)).with_act(ActQuant::StaticPerTensor { scale: GOLDEN_ACT_SCALE }),
+        PackedLayer::new(LayerWeight::SymInt(down)).with_act(ActQuant::StaticPerTensor {
+            scale: GOLDEN_ACT_SCALE,
+        }),
     );
     let norm = ArrayD::from_shape_fn(IxDyn(&[16]), |_| r.small());
-    m.layers.insert(GOLDEN_NORM.into(), PackedLayer::new(LayerWeight::Float(norm)));
+    m.layers.insert(
+        GOLDEN_NORM.into(),
+        PackedLayer::new(LayerWeight::Float(norm)),
+    );
     let emb = ArrayD::from_shape_fn(IxDyn(&[3, 4]), |_| f16::from_f32(r.small()));
-    m.layers.insert(GOLDEN_F16.into(), PackedLayer::new(LayerWeight::F16(emb)));
+    m.layers
+        .insert(GOLDEN_F16.into(), PackedLayer::new(LayerWeight::F16(emb)));
     let gs = ArrayD::from_shape_fn(IxDyn(&[3]), |_| bf16::from_f32(r.small()));
-    m.layers.insert(GOLDEN_BF16.into(), PackedLayer::new(LayerWeight::Bf16(gs)));
+    m.layers
+        .insert(GOLDEN_BF16.into(), PackedLayer::new(LayerWeight::Bf16(gs)));
     m
 }
 
@@ -170,9 +182,17 @@ impl Raw {
     pub fn parse(b: &[u8]) -> Raw {
         let st = safetensors::SafeTensors::deserialize(b).expect("valid safetensors");
         let (_, md) = safetensors::SafeTensors::read_metadata(b).expect("valid safetensors");
-        let meta = md.metadata().clone().unwrap_or_default().into_iter().collect();
-        let tensors =
-            st.tensors().into_iter().map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect();
+        let meta = md
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+            .collect();
         Raw { meta, tensors }
     }
 
@@ -181,7 +201,12 @@ impl Raw {
         let views: Vec<(String, TensorView)> = self
             .tensors
             .iter()
-            .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).expect("consistent view")))
+            .map(|(n, (d, s, b))| {
+                (
+                    n.clone(),
+                    TensorView::new(*d, s.clone(), b).expect("consistent view"),
+                )
+            })
             .collect();
         let meta: HashMap<String, String> = self.meta.clone().into_iter().collect();
         safetensors::serialize(views, Some(meta)).expect("serializable")

@@ -34,7 +34,7 @@ pub struct LayerInfo {
 }
 
 /// A packed file's header, validated except for tensor data (whose CRCs and values only
-/// [`super::read`] checks).
+/// [`super::read()`] checks).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileInfo {
     /// Format version (always [`FORMAT_VERSION`] for a file this build accepts).
@@ -101,7 +101,7 @@ pub fn inspect_bytes(bytes: &[u8]) -> Result<FileInfo> {
 }
 
 /// Lists a packed file's layers reading only its header: every header-level check of
-/// [`super::read`] is made (format, version, metadata CRC, declared tensors' presence, dtypes
+/// [`super::read()`] is made (format, version, metadata CRC, declared tensors' presence, dtypes
 /// and shapes, no extra tensors, data size), but tensor data is neither read nor CRC-checked.
 pub fn inspect(path: &Path) -> Result<FileInfo> {
     let io = |source| Error::Io {

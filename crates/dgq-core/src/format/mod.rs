@@ -2,9 +2,9 @@
 //! layout, typed metadata and a CRC-32 per tensor. `docs/FORMAT.md` is the normative
 //! specification; this module is its reference implementation.
 //!
-//! - [`write`] (atomic: temp file + fsync + rename) and [`to_bytes`] serialize a [`PackedModel`]
+//! - [`write()`] (atomic: temp file + fsync + rename) and [`to_bytes`] serialize a [`PackedModel`]
 //!   after validating every invariant; the bytes are a deterministic function of the model.
-//! - [`read`] and [`from_bytes`] validate everything (format name and version, metadata CRC,
+//! - [`read()`] and [`from_bytes`] validate everything (format name and version, metadata CRC,
 //!   tensor presence, dtypes, shapes, data CRCs, value invariants) and return a typed
 //!   [`Error`] naming the offending tensor; no input makes them panic.
 //! - [`inspect`] lists the layers from the header alone (no tensor data is read).
@@ -250,7 +250,7 @@ impl PackedModel {
         }
     }
 
-    /// Checks every invariant [`write`] checks, without serializing.
+    /// Checks every invariant [`write()`] checks, without serializing.
     pub fn validate(&self) -> Result<()> {
         meta::check_extras(&self.metadata)?;
         for (name, layer) in &self.layers {

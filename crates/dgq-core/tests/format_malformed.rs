@@ -668,3 +668,18 @@ fn every_bit_flip_in_the_header_is_an_error() {
         }
     }
 }
+
+#[test]
+fn first_error_in_name_order_is_reported() {
+    // Layers are decoded in parallel; with two corrupt layers the error must still be the
+    // first in name order, every time.
+    let mut r = raw();
+    r.data_mut("blk.0.mlp.up.scales")[0..2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    r.data_mut("embed.weight")[0..2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    r.data_mut("blk.0.attn.qkv.s2")[0] = 0;
+    r.fix_crcs();
+    let b = r.to_bytes();
+    for _ in 0..20 {
+        assert_format(format::from_bytes(&b), "blk.0.attn.qkv.s2", "must be >= 1");
+    }
+}

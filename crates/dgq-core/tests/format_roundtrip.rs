@@ -356,3 +356,29 @@ fn extras_and_odd_names_round_trip() {
     let b = format::to_bytes(&m).unwrap();
     assert_eq!(format::from_bytes(&b).unwrap(), m);
 }
+
+#[test]
+fn memory_layout_does_not_change_the_bytes() {
+    use ndarray::ShapeBuilder;
+    // The same values held column-major (Fortran order) serialize to the same row-major bytes.
+    let m = golden_model();
+    let mut f = m.clone();
+    let to_f = |a: &ndarray::Array2<i8>| {
+        let mut c = ndarray::Array2::<i8>::zeros(a.dim().f());
+        c.assign(a);
+        c
+    };
+    let w = dgq(&mut f);
+    let mut q = ndarray::Array2::<u8>::zeros(w.q.dim().f());
+    q.assign(&w.q);
+    w.q = q;
+    w.zeros = to_f(&w.zeros);
+    w.s2 = to_f(&w.s2);
+    assert!(w.q.as_slice().is_none(), "test needs a non-row-major array");
+    if let LayerWeight::F16(e) = &mut f.layers.get_mut(GOLDEN_F16).unwrap().weight {
+        let mut c = ArrayD::zeros(IxDyn(e.shape()).f());
+        c.assign(e);
+        *e = c;
+    }
+    assert_eq!(format::to_bytes(&f).unwrap(), format::to_bytes(&m).unwrap());
+}

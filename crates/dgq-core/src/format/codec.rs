@@ -2,6 +2,8 @@
 //! so decoding copies element by element from byte chunks instead of casting slices (no
 //! alignment assumption, correct on big-endian hosts too).
 
+use std::borrow::Cow;
+
 use half::{bf16, f16};
 
 /// The element types format v1 uses, with their safetensors names.
@@ -47,20 +49,39 @@ impl Dt {
     }
 }
 
-pub(crate) fn enc_i8<'a>(v: impl IntoIterator<Item = &'a i8>) -> Vec<u8> {
-    v.into_iter().map(|&x| x.to_le_bytes()[0]).collect()
+/// Elements in row-major order, borrowed when the array is already contiguous in that order
+/// (the common case; iterating an ndarray element by element is several times slower).
+pub(crate) fn row_major<T: Clone, S: ndarray::Data<Elem = T>, D: ndarray::Dimension>(
+    a: &ndarray::ArrayBase<S, D>,
+) -> Cow<'_, [T]> {
+    match a.as_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(a.iter().cloned().collect()),
+    }
 }
 
-pub(crate) fn enc_f16<'a>(v: impl IntoIterator<Item = &'a f16>) -> Vec<u8> {
-    v.into_iter().flat_map(|x| x.to_le_bytes()).collect()
+pub(crate) fn enc_i8(v: &[i8]) -> Vec<u8> {
+    bytemuck::cast_slice::<i8, u8>(v).to_vec()
 }
 
-pub(crate) fn enc_bf16<'a>(v: impl IntoIterator<Item = &'a bf16>) -> Vec<u8> {
-    v.into_iter().flat_map(|x| x.to_le_bytes()).collect()
+fn enc_le<T: Copy, const B: usize>(v: &[T], f: impl Fn(T) -> [u8; B]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() * B);
+    for &x in v {
+        out.extend_from_slice(&f(x));
+    }
+    out
 }
 
-pub(crate) fn enc_f32<'a>(v: impl IntoIterator<Item = &'a f32>) -> Vec<u8> {
-    v.into_iter().flat_map(|x| x.to_le_bytes()).collect()
+pub(crate) fn enc_f16(v: &[f16]) -> Vec<u8> {
+    enc_le(v, f16::to_le_bytes)
+}
+
+pub(crate) fn enc_bf16(v: &[bf16]) -> Vec<u8> {
+    enc_le(v, bf16::to_le_bytes)
+}
+
+pub(crate) fn enc_f32(v: &[f32]) -> Vec<u8> {
+    enc_le(v, f32::to_le_bytes)
 }
 
 pub(crate) fn dec_i8(b: &[u8]) -> Vec<i8> {

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use half::{bf16, f16};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
+use rayon::prelude::*;
 use safetensors::SafeTensors;
 
 use super::codec::{dec_bf16, dec_f16, dec_f32, dec_i8};
@@ -49,11 +50,20 @@ pub fn from_bytes(bytes: &[u8]) -> Result<PackedModel> {
     let data = bytes
         .get(8 + n..)
         .ok_or_else(|| Error::format("<header>", "header extends past the end"))?;
+    // Layers decode and validate independently; collecting every result before picking the
+    // first error (in name order) keeps the reported error deterministic.
+    let decoded: Vec<Result<PackedLayer>> = parsed
+        .layers
+        .par_iter()
+        .map(|pl| {
+            let layer = decode_layer(pl, data)?;
+            check_layer(&pl.name, &layer).map_err(Problem::into_format)?;
+            Ok(layer)
+        })
+        .collect();
     let mut layers = BTreeMap::new();
-    for pl in &parsed.layers {
-        let layer = decode_layer(pl, data)?;
-        check_layer(&pl.name, &layer).map_err(Problem::into_format)?;
-        layers.insert(pl.name.clone(), layer);
+    for (pl, layer) in parsed.layers.iter().zip(decoded) {
+        layers.insert(pl.name.clone(), layer?);
     }
     Ok(PackedModel {
         source_model: parsed.source_model,

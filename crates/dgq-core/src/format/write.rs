@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 
-use super::codec::{crc_hex, enc_bf16, enc_f16, enc_f32, enc_i8, Dt};
+use rayon::prelude::*;
+
+use super::codec::{crc_hex, enc_bf16, enc_f16, enc_f32, enc_i8, row_major, Dt};
 use super::meta::{self, ActMeta, LayerMeta, Role};
 use super::{
     check_layer, check_layer_name, tensor_name, LayerWeight, PackedLayer, PackedModel, Problem,
@@ -55,11 +57,16 @@ fn encode_layer(layer: &PackedLayer) -> Result<Vec<LayerTensor>> {
                 Role::QWeight,
                 Dt::U8,
                 vec![n, k / 2],
-                pack_u4(w.q.view())?.iter().copied().collect(),
+                row_major(&pack_u4(w.q.view())?).into_owned(),
             ));
-            out.push((Role::Zeros, Dt::I8, vec![n, g], enc_i8(&w.zeros)));
-            out.push((Role::S2, Dt::I8, vec![n, g], enc_i8(&w.s2)));
-            out.push((Role::S1, Dt::F16, vec![n], enc_f16(&w.s1)));
+            out.push((
+                Role::Zeros,
+                Dt::I8,
+                vec![n, g],
+                enc_i8(&row_major(&w.zeros)),
+            ));
+            out.push((Role::S2, Dt::I8, vec![n, g], enc_i8(&row_major(&w.s2))));
+            out.push((Role::S1, Dt::F16, vec![n], enc_f16(&row_major(&w.s1))));
         }
         LayerWeight::SymInt(w) => {
             let (n, k) = w.q.dim();
@@ -69,21 +76,43 @@ fn encode_layer(layer: &PackedLayer) -> Result<Vec<LayerTensor>> {
                     Role::QWeight,
                     Dt::U8,
                     vec![n, k / 2],
-                    pack_i4(w.q.view())?.iter().copied().collect(),
+                    row_major(&pack_i4(w.q.view())?).into_owned(),
                 )),
-                Bits::Int8 => out.push((Role::QWeight, Dt::I8, vec![n, k], enc_i8(&w.q))),
+                Bits::Int8 => {
+                    out.push((Role::QWeight, Dt::I8, vec![n, k], enc_i8(&row_major(&w.q))))
+                }
             }
-            out.push((Role::Scales, Dt::F16, vec![n, g], enc_f16(&w.scales)));
+            out.push((
+                Role::Scales,
+                Dt::F16,
+                vec![n, g],
+                enc_f16(&row_major(&w.scales)),
+            ));
         }
-        LayerWeight::Float(a) => out.push((Role::Weight, Dt::F32, a.shape().to_vec(), enc_f32(a))),
-        LayerWeight::F16(a) => out.push((Role::Weight, Dt::F16, a.shape().to_vec(), enc_f16(a))),
-        LayerWeight::Bf16(a) => out.push((Role::Weight, Dt::Bf16, a.shape().to_vec(), enc_bf16(a))),
+        LayerWeight::Float(a) => out.push((
+            Role::Weight,
+            Dt::F32,
+            a.shape().to_vec(),
+            enc_f32(&row_major(a)),
+        )),
+        LayerWeight::F16(a) => out.push((
+            Role::Weight,
+            Dt::F16,
+            a.shape().to_vec(),
+            enc_f16(&row_major(a)),
+        )),
+        LayerWeight::Bf16(a) => out.push((
+            Role::Weight,
+            Dt::Bf16,
+            a.shape().to_vec(),
+            enc_bf16(&row_major(a)),
+        )),
     }
     if let Some(b) = &layer.bias {
-        out.push((Role::Bias, Dt::F32, vec![b.len()], enc_f32(b)));
+        out.push((Role::Bias, Dt::F32, vec![b.len()], enc_f32(&row_major(b))));
     }
     if let Some(s) = &layer.smooth {
-        out.push((Role::Smooth, Dt::F32, vec![s.len()], enc_f32(s)));
+        out.push((Role::Smooth, Dt::F32, vec![s.len()], enc_f32(&row_major(s))));
     }
     Ok(out)
 }
@@ -98,12 +127,28 @@ fn encode(m: &PackedModel) -> Result<Encoded> {
     let mut layers_meta = BTreeMap::new();
     let mut tensors = Vec::new();
     let mut names = HashSet::new();
-    for (name, layer) in &m.layers {
-        check_layer_name(name).map_err(Problem::into_invariant)?;
-        check_layer(name, layer).map_err(Problem::into_invariant)?;
+    // Validation and encoding are per layer and parallel; results are consumed in name order
+    // so the first error reported does not depend on scheduling.
+    let layers: Vec<(&String, &PackedLayer)> = m.layers.iter().collect();
+    let encoded: Vec<Result<Vec<(LayerTensor, String)>>> = layers
+        .par_iter()
+        .map(|(name, layer)| {
+            check_layer_name(name).map_err(Problem::into_invariant)?;
+            check_layer(name, layer).map_err(Problem::into_invariant)?;
+            let ts = encode_layer(layer)?;
+            Ok(ts
+                .into_iter()
+                .map(|t| {
+                    let c = crc_hex(&t.3);
+                    (t, c)
+                })
+                .collect())
+        })
+        .collect();
+    for ((name, layer), enc) in layers.into_iter().zip(encoded) {
         let mut crcs = BTreeMap::new();
-        for (role, dtype, shape, data) in encode_layer(layer)? {
-            crcs.insert(role.as_str().to_string(), crc_hex(&data));
+        for ((role, dtype, shape, data), crc) in enc? {
+            crcs.insert(role.as_str().to_string(), crc);
             let tname = tensor_name(name, role.as_str());
             // Roles contain no '.', so distinct layers cannot collide; checked anyway.
             if !names.insert(tname.clone()) {

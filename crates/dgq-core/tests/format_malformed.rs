@@ -683,3 +683,21 @@ fn first_error_in_name_order_is_reported() {
         assert_format(format::from_bytes(&b), "blk.0.attn.qkv.s2", "must be >= 1");
     }
 }
+
+#[test]
+fn unaligned_layout_from_another_writer_reads() {
+    // Tensors in name order and an unpadded header: data offsets are not multiples of the
+    // element sizes, which a conforming reader must accept.
+    let mut r = raw();
+    let mut b = r.to_bytes_unchecked();
+    let mut pad = String::new();
+    while data_start(&b) % 2 == 0 {
+        pad.push('x');
+        r.meta.insert("pad".into(), pad.clone());
+        r.fix_crcs();
+        b = r.to_bytes_unchecked();
+    }
+    let mut want = golden_model();
+    want.metadata.insert("pad".into(), pad);
+    assert_eq!(format::from_bytes(&b).unwrap(), want);
+}

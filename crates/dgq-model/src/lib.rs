@@ -55,3 +55,4 @@ pub use norm::{Norm, NormKind};
 pub use perplexity::{perplexity, CausalLm, PplConfig, PplProgress, PplResult};
 pub use rope::{Rope, RopeScaling};
 pub use tokenizer::Tokenizer;
+pub use weights::GgufFile;

@@ -13,7 +13,7 @@ use crate::linear::{Linear, LinearSlot};
 use crate::norm::{Norm, NormKind};
 use crate::ops::{self, Par};
 use crate::rope::{self, Rope, RopeScaling};
-use crate::weights::{GgufSource, SafetensorsSource, TensorSource, Weights};
+use crate::weights::{GgufFile, SafetensorsSource, TensorSource, Weights};
 
 /// The checkpoint format a model was loaded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +114,7 @@ impl Model {
     /// Loads a LLaMA-family model (`llama`, `qwen2` architectures) from a GGUF file,
     /// dequantizing every tensor to f32 and undoing llama.cpp's Q/K row permutation.
     pub fn from_gguf(path: &Path) -> Result<Model> {
-        let src = GgufSource::open(path)?;
+        let src = GgufFile::open(path)?;
         let (config, permuted) = gguf_config(&src)?;
         let mut w = Weights::new(src);
         let mut model = build_llama(config, &mut w, &GGUF_LLAMA, permuted)?;
@@ -437,7 +437,7 @@ fn unpermute_linear(l: &mut Linear, heads: usize, head_dim: usize) -> Result<()>
 
 /// Reads the LLaMA-family hyper-parameters from GGUF metadata. The flag says whether Q/K are
 /// stored permuted for interleaved RoPE (llama.cpp's `llama` architecture; not `qwen2`).
-fn gguf_config(src: &GgufSource) -> Result<(ModelConfig, bool)> {
+fn gguf_config(src: &GgufFile) -> Result<(ModelConfig, bool)> {
     let path = src.path().to_path_buf();
     let arch = src
         .meta_str("general.architecture")?
@@ -484,7 +484,7 @@ fn gguf_config(src: &GgufSource) -> Result<(ModelConfig, bool)> {
             return Err(Error::Unsupported("rope_freqs together with rope scaling".into()));
         }
         // Read eagerly: small `[head_dim/2]` tensor of per-frequency divisors (LLaMA 3.1).
-        let mut tmp = GgufSource::open(&path)?;
+        let mut tmp = GgufFile::open(&path)?;
         let f = tmp.read_f32("rope_freqs.weight")?;
         rope_scaling = Some(RopeScaling::Factors(f));
     }

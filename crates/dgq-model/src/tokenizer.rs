@@ -14,7 +14,7 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{Error, Result};
-use crate::weights::GgufSource;
+use crate::weights::GgufFile;
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -86,11 +86,12 @@ impl Tokenizer {
 
     /// Builds the tokenizer embedded in a GGUF file (`tokenizer.ggml.model = gpt2`).
     pub fn from_gguf(path: &Path) -> Result<Self> {
-        let src = GgufSource::open(path)?;
-        Self::from_gguf_source(&src)
+        let src = GgufFile::open(path)?;
+        Self::from_gguf_file(&src)
     }
 
-    pub(crate) fn from_gguf_source(src: &GgufSource) -> Result<Self> {
+    /// Builds the tokenizer embedded in an opened GGUF file.
+    pub fn from_gguf_file(src: &GgufFile) -> Result<Self> {
         let path = src.path();
         let model = src.meta_str("tokenizer.ggml.model")?.unwrap_or("(missing)");
         if model != "gpt2" {

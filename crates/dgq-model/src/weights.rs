@@ -263,16 +263,17 @@ impl TensorSource for SafetensorsSource {
 /// Largest element count we accept for one GGUF tensor (guards the products candle computes).
 const MAX_GGUF_ELEMS: usize = 1 << 40;
 
-/// A GGUF file, parsed by candle's `gguf_file` reader and dequantized by its kernels.
-pub struct GgufSource {
+/// A GGUF file, parsed by candle's `gguf_file` reader and dequantized by its kernels. The
+/// header and metadata are read at [`open`](GgufFile::open); tensor data on demand.
+pub struct GgufFile {
     path: PathBuf,
     reader: BufReader<File>,
     pub(crate) content: gguf_file::Content,
 }
 
-impl std::fmt::Debug for GgufSource {
+impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GgufSource")
+        f.debug_struct("GgufFile")
             .field("path", &self.path)
             .field("tensors", &self.content.tensor_infos.len())
             .field("metadata", &self.content.metadata.len())
@@ -290,7 +291,7 @@ fn dequantizable(t: GgmlDType) -> bool {
     )
 }
 
-impl GgufSource {
+impl GgufFile {
     /// Opens and parses the header and metadata of a GGUF file (tensor data is read lazily).
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
@@ -307,7 +308,7 @@ impl GgufSource {
                 return Err(Error::gguf(path, format!("tensor {name} has implausible dims {:?}", info.shape.dims())));
             }
         }
-        Ok(GgufSource {
+        Ok(GgufFile {
             path: path.to_path_buf(),
             reader,
             content,
@@ -317,6 +318,50 @@ impl GgufSource {
     /// Path of the file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Names of all tensors, sorted.
+    pub fn tensor_names(&self) -> Vec<String> {
+        let mut v = TensorSource::names(self);
+        v.sort();
+        v
+    }
+
+    /// Shape of a tensor, slowest axis first (`[N, K]` for a linear weight; GGUF itself lists
+    /// dims fastest first).
+    pub fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
+        TensorSource::shape(self, name)
+    }
+
+    /// ggml storage type of a tensor (`F32`, `Q4_1`, `Q6K`...).
+    pub fn tensor_type(&self, name: &str) -> Option<String> {
+        TensorSource::dtype(self, name)
+    }
+
+    /// A tensor dequantized to f32, with its row-major shape. Q/K projections are returned as
+    /// stored (permuted for interleaved RoPE in `llama` files).
+    pub fn read_tensor(&mut self, name: &str) -> Result<ndarray::ArrayD<f32>> {
+        let shape = self
+            .tensor_shape(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
+        let data = self.read_f32(name)?;
+        ndarray::ArrayD::from_shape_vec(shape.clone(), data)
+            .map_err(|e| Error::shape(format!("tensor {name}"), format!("{shape:?}"), e))
+    }
+
+    /// Number of metadata entries.
+    pub fn metadata_len(&self) -> usize {
+        self.content.metadata.len()
+    }
+
+    /// A string metadata value (e.g. `general.architecture`); an error if the key holds another type.
+    pub fn metadata_str(&self, key: &str) -> Result<Option<&str>> {
+        self.meta_str(key)
+    }
+
+    /// An integer metadata value; an error if the key holds another type.
+    pub fn metadata_u64(&self, key: &str) -> Result<Option<u64>> {
+        self.meta_u64(key)
     }
 
     /// A metadata value.
@@ -431,7 +476,7 @@ fn map_candle_read_error(path: &Path, e: candle_core::Error) -> Error {
     Error::gguf(path, msg)
 }
 
-impl TensorSource for GgufSource {
+impl TensorSource for GgufFile {
     fn names(&self) -> Vec<String> {
         self.content.tensor_infos.keys().cloned().collect()
     }

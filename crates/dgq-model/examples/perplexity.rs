@@ -14,10 +14,17 @@ use dgq_model::{perplexity, Model, PplConfig, Tokenizer};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut pos = Vec::new();
-    let mut cfg = PplConfig { ctx: 512, stride: None, max_windows: None };
+    let mut cfg = PplConfig {
+        ctx: 512,
+        stride: None,
+        max_windows: None,
+    };
     while let Some(a) = args.next() {
         let mut num = |name: &str| -> Result<usize, Box<dyn std::error::Error>> {
-            Ok(args.next().ok_or(format!("{name} needs a value"))?.parse()?)
+            Ok(args
+                .next()
+                .ok_or(format!("{name} needs a value"))?
+                .parse()?)
         };
         match a.as_str() {
             "--ctx" => cfg.ctx = num("--ctx")?,
@@ -32,15 +39,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let model = Model::load(model_path)?;
     let tok = Tokenizer::load(model_path)?;
-    eprintln!("loaded {} layers, d={} in {:.1}s: {:?}", model.layers.len(), model.hidden_size(), t0.elapsed().as_secs_f64(), model.load_info.tensor_types);
+    eprintln!(
+        "loaded {} layers, d={} in {:.1}s: {:?}",
+        model.layers.len(),
+        model.hidden_size(),
+        t0.elapsed().as_secs_f64(),
+        model.load_info.tensor_types
+    );
     let text = dgq_model::perplexity::read_text(text_path)?;
     let t1 = Instant::now();
     let tokens = tok.encode(&text)?;
-    eprintln!("{} tokens from {} bytes in {:.1}s", tokens.len(), text.len(), t1.elapsed().as_secs_f64());
+    eprintln!(
+        "{} tokens from {} bytes in {:.1}s",
+        tokens.len(),
+        text.len(),
+        t1.elapsed().as_secs_f64()
+    );
     let t2 = Instant::now();
     let r = perplexity(&model, &tokens, &cfg, &mut |p| {
-        eprintln!("window {}/{}: running ppl {:.4} ({:.0} tok/s)", p.window, p.windows, p.running_ppl,
-            (p.window * cfg.ctx) as f64 / t2.elapsed().as_secs_f64());
+        eprintln!(
+            "window {}/{}: running ppl {:.4} ({:.0} tok/s)",
+            p.window,
+            p.windows,
+            p.running_ppl,
+            (p.window * cfg.ctx) as f64 / t2.elapsed().as_secs_f64()
+        );
     })?;
     let secs = t2.elapsed().as_secs_f64();
     println!(

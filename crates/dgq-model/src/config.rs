@@ -92,21 +92,34 @@ impl ModelConfig {
             ));
         }
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
-            return Err(Error::config("norm_eps", self.norm_eps, "must be finite and > 0"));
+            return Err(Error::config(
+                "norm_eps",
+                self.norm_eps,
+                "must be finite and > 0",
+            ));
         }
         // Guard the products the loader allocates from, so a hostile config cannot overflow.
         let sizes = [
-            self.vocab_size.checked_mul(self.word_embed_proj_dim.max(self.hidden_size)),
+            self.vocab_size
+                .checked_mul(self.word_embed_proj_dim.max(self.hidden_size)),
             self.num_heads.checked_mul(self.head_dim),
             self.hidden_size.checked_mul(self.intermediate_size),
         ];
         if sizes.iter().any(|s| s.is_none_or(|s| s > (1usize << 40))) {
-            return Err(Error::config("sizes", format!("{self:?}"), "implausibly large tensors"));
+            return Err(Error::config(
+                "sizes",
+                format!("{self:?}"),
+                "implausibly large tensors",
+            ));
         }
         match self.family {
             Family::Llama => {
                 if self.head_dim % 2 != 0 {
-                    return Err(Error::config("head_dim", self.head_dim, "RoPE needs an even head size"));
+                    return Err(Error::config(
+                        "head_dim",
+                        self.head_dim,
+                        "RoPE needs an even head size",
+                    ));
                 }
                 crate::rope::Rope::new(self.head_dim, self.rope_theta, self.rope_scaling.as_ref())?;
             }
@@ -119,7 +132,11 @@ impl ModelConfig {
                     ));
                 }
                 if self.num_kv_heads != self.num_heads {
-                    return Err(Error::config("num_key_value_heads", self.num_kv_heads, "OPT has no GQA"));
+                    return Err(Error::config(
+                        "num_key_value_heads",
+                        self.num_kv_heads,
+                        "OPT has no GQA",
+                    ));
                 }
             }
         }
@@ -175,7 +192,9 @@ impl ModelConfig {
                     num_heads,
                     num_kv_heads,
                     head_dim,
-                    max_position_embeddings: j.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+                    max_position_embeddings: j
+                        .opt_usize("max_position_embeddings")?
+                        .unwrap_or(2048),
                     norm_eps: j.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
                     rope_theta: j.opt_f32("rope_theta")?.unwrap_or(10000.0),
                     rope_scaling: parse_rope_scaling(v.get("rope_scaling"))?,
@@ -196,12 +215,18 @@ impl ModelConfig {
                 if num_heads == 0 {
                     return Err(Error::config("num_attention_heads", 0, "must be positive"));
                 }
-                let act = j.opt_string("activation_function")?.unwrap_or_else(|| "relu".into());
+                let act = j
+                    .opt_string("activation_function")?
+                    .unwrap_or_else(|| "relu".into());
                 if act != "relu" {
-                    return Err(Error::Unsupported(format!("OPT activation_function {act} (only relu)")));
+                    return Err(Error::Unsupported(format!(
+                        "OPT activation_function {act} (only relu)"
+                    )));
                 }
                 if j.opt_bool("layer_norm_elementwise_affine")? == Some(false) {
-                    return Err(Error::Unsupported("OPT without LayerNorm affine parameters".into()));
+                    return Err(Error::Unsupported(
+                        "OPT without LayerNorm affine parameters".into(),
+                    ));
                 }
                 let bias = j.opt_bool("enable_bias")?.unwrap_or(true);
                 ModelConfig {
@@ -252,14 +277,18 @@ fn parse_rope_scaling(v: Option<&Value>) -> Result<Option<RopeScaling>> {
     };
     match kind.as_str() {
         "default" => Ok(None),
-        "linear" => Ok(Some(RopeScaling::Linear { factor: j.f32("factor")? })),
+        "linear" => Ok(Some(RopeScaling::Linear {
+            factor: j.f32("factor")?,
+        })),
         "llama3" => Ok(Some(RopeScaling::Llama3 {
             factor: j.f32("factor")?,
             low_freq_factor: j.f32("low_freq_factor")?,
             high_freq_factor: j.f32("high_freq_factor")?,
             original_max_position_embeddings: j.usize("original_max_position_embeddings")?,
         })),
-        other => Err(Error::Unsupported(format!("rope_scaling type {other} (supported: linear, llama3)"))),
+        other => Err(Error::Unsupported(format!(
+            "rope_scaling type {other} (supported: linear, llama3)"
+        ))),
     }
 }
 

@@ -63,7 +63,9 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     /// A token id is outside the vocabulary.
-    #[error("token id {token} at position {position} is out of the vocabulary (size {vocab_size})")]
+    #[error(
+        "token id {token} at position {position} is out of the vocabulary (size {vocab_size})"
+    )]
     TokenOutOfRange {
         token: u32,
         position: usize,
@@ -115,7 +117,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn shape(what: impl Into<String>, expected: impl ToString, got: impl ToString) -> Self {
+    pub(crate) fn shape(
+        what: impl Into<String>,
+        expected: impl ToString,
+        got: impl ToString,
+    ) -> Self {
         Error::Shape {
             what: what.into(),
             expected: expected.to_string(),

@@ -151,7 +151,11 @@ impl DecoderLayer {
     }
 
     fn no_slot(&self, slot: LinearSlot) -> Error {
-        Error::argument("slot", format!("{slot:?}"), "this layer's family has no such projection")
+        Error::argument(
+            "slot",
+            format!("{slot:?}"),
+            "this layer's family has no such projection",
+        )
     }
 
     /// The norm in `slot`.
@@ -201,7 +205,11 @@ impl DecoderLayer {
 
     /// Runs the layer on new positions, attending to (and extending) `cache`; the new tokens sit
     /// at positions `cache.len()..`.
-    pub fn forward_cached(&self, hidden: ArrayView2<f32>, cache: &mut LayerKvCache) -> Result<Array2<f32>> {
+    pub fn forward_cached(
+        &self,
+        hidden: ArrayView2<f32>,
+        cache: &mut LayerKvCache,
+    ) -> Result<Array2<f32>> {
         let start = cache.len;
         self.forward_with(hidden, start, Some(cache), None)
     }
@@ -217,14 +225,24 @@ impl DecoderLayer {
     ) -> Result<Array2<f32>> {
         let d = self.hidden_size();
         if hidden.ncols() != d {
-            return Err(Error::shape(format!("layer {} input columns", self.index), d, hidden.ncols()));
+            return Err(Error::shape(
+                format!("layer {} input columns", self.index),
+                d,
+                hidden.ncols(),
+            ));
         }
         if hidden.iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFinite { what: format!("input of layer {}", self.index) });
+            return Err(Error::NonFinite {
+                what: format!("input of layer {}", self.index),
+            });
         }
         if let Some(c) = &cache {
             if c.len != start_pos {
-                return Err(Error::argument("start_pos", start_pos, "must equal the KV cache length"));
+                return Err(Error::argument(
+                    "start_pos",
+                    start_pos,
+                    "must equal the KV cache length",
+                ));
             }
         }
         let mut capture = |slot: LinearSlot, x: ArrayView2<f32>| {
@@ -234,7 +252,11 @@ impl DecoderLayer {
         };
 
         // Attention block.
-        let x = if self.norm_before { self.attn_norm.forward(hidden)? } else { hidden.to_owned() };
+        let x = if self.norm_before {
+            self.attn_norm.forward(hidden)?
+        } else {
+            hidden.to_owned()
+        };
         capture(LinearSlot::Q, x.view());
         capture(LinearSlot::K, x.view());
         capture(LinearSlot::V, x.view());
@@ -243,10 +265,16 @@ impl DecoderLayer {
         let v = self.v_proj.forward(x.view())?;
         drop(x);
         let spec = &self.attn;
-        if q.ncols() != spec.num_heads * spec.head_dim || k.ncols() != spec.num_kv_heads * spec.head_dim {
+        if q.ncols() != spec.num_heads * spec.head_dim
+            || k.ncols() != spec.num_kv_heads * spec.head_dim
+        {
             return Err(Error::shape(
                 format!("layer {} q/k widths", self.index),
-                format!("{} / {}", spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim),
+                format!(
+                    "{} / {}",
+                    spec.num_heads * spec.head_dim,
+                    spec.num_kv_heads * spec.head_dim
+                ),
                 format!("{} / {}", q.ncols(), k.ncols()),
             ));
         }
@@ -278,7 +306,11 @@ impl DecoderLayer {
         }
 
         // MLP block.
-        let x = if self.norm_before { self.mlp_norm.forward(h.view())? } else { h.clone() };
+        let x = if self.norm_before {
+            self.mlp_norm.forward(h.view())?
+        } else {
+            h.clone()
+        };
         let m = match &self.mlp {
             Mlp::SwiGlu { gate, up, down } => {
                 capture(LinearSlot::Gate, x.view());
@@ -286,7 +318,11 @@ impl DecoderLayer {
                 let mut g = gate.forward(x.view())?;
                 let u = up.forward(x.view())?;
                 if g.dim() != u.dim() {
-                    return Err(Error::shape("gate/up outputs", format!("{:?}", g.dim()), format!("{:?}", u.dim())));
+                    return Err(Error::shape(
+                        "gate/up outputs",
+                        format!("{:?}", g.dim()),
+                        format!("{:?}", u.dim()),
+                    ));
                 }
                 g.zip_mut_with(&u, |g, &u| *g = ops::silu(*g) * u);
                 capture(LinearSlot::Down, g.view());
@@ -320,7 +356,11 @@ fn attention(
     let (t, s) = (q.nrows(), k.nrows());
     let hd = spec.head_dim;
     if spec.num_kv_heads == 0 || spec.num_heads % spec.num_kv_heads != 0 || past + t != s {
-        return Err(Error::shape("attention (heads / cached length)", past + t, s));
+        return Err(Error::shape(
+            "attention (heads / cached length)",
+            past + t,
+            s,
+        ));
     }
     let group = spec.num_heads / spec.num_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -334,7 +374,9 @@ fn attention(
             let mut scores = ops::matmul_nt(qh, kh, Par::Single)?;
             for (i, mut row) in scores.axis_iter_mut(Axis(0)).enumerate() {
                 let visible = past + i + 1;
-                let row = row.as_slice_mut().ok_or_else(|| Error::shape("score row", "contiguous", "strided"))?;
+                let row = row
+                    .as_slice_mut()
+                    .ok_or_else(|| Error::shape("score row", "contiguous", "strided"))?;
                 let (seen, future) = row.split_at_mut(visible);
                 for x in seen.iter_mut() {
                     *x *= scale;

@@ -46,11 +46,15 @@ impl FloatLinear {
                 return Err(Error::shape("linear bias length", weight.nrows(), b.len()));
             }
             if b.iter().any(|v| !v.is_finite()) {
-                return Err(Error::NonFinite { what: "linear bias".into() });
+                return Err(Error::NonFinite {
+                    what: "linear bias".into(),
+                });
             }
         }
         if weight.iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFinite { what: "linear weight".into() });
+            return Err(Error::NonFinite {
+                what: "linear weight".into(),
+            });
         }
         Ok(FloatLinear {
             weight: weight.as_standard_layout().into_owned(),
@@ -97,7 +101,11 @@ impl Linear {
     pub fn forward(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let op = self.op();
         if x.ncols() != op.in_features() {
-            return Err(Error::shape("linear input columns", op.in_features(), x.ncols()));
+            return Err(Error::shape(
+                "linear input columns",
+                op.in_features(),
+                x.ncols(),
+            ));
         }
         let y = op.forward(x)?;
         if y.dim() != (x.nrows(), op.out_features()) {

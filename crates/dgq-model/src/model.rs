@@ -140,14 +140,20 @@ impl Model {
     /// Checks token ids against the vocabulary and the position limit.
     fn check_tokens(&self, tokens: &[u32], start_pos: usize) -> Result<()> {
         let vocab = self.vocab_size();
-        if let Some((position, &token)) = tokens.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+        if let Some((position, &token)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= vocab)
+        {
             return Err(Error::TokenOutOfRange {
                 token,
                 position,
                 vocab_size: vocab,
             });
         }
-        if self.config.family == Family::Opt && start_pos + tokens.len() > self.config.max_position_embeddings {
+        if self.config.family == Family::Opt
+            && start_pos + tokens.len() > self.config.max_position_embeddings
+        {
             return Err(Error::TooLong {
                 len: start_pos + tokens.len(),
                 max: self.config.max_position_embeddings,
@@ -169,10 +175,17 @@ impl Model {
         if let Some(pos) = &self.embed_positions {
             let a = start_pos + OPT_POSITION_OFFSET;
             let rows = pos
-                .slice_axis(Axis(0), ndarray::Slice::from(a..a + tokens.len()).step_by(1))
+                .slice_axis(
+                    Axis(0),
+                    ndarray::Slice::from(a..a + tokens.len()).step_by(1),
+                )
                 .to_owned();
             if rows.dim() != h.dim() {
-                return Err(Error::shape("position embeddings", format!("{:?}", h.dim()), format!("{:?}", rows.dim())));
+                return Err(Error::shape(
+                    "position embeddings",
+                    format!("{:?}", h.dim()),
+                    format!("{:?}", rows.dim()),
+                ));
             }
             h += &rows;
         }
@@ -193,7 +206,11 @@ impl Model {
             Some(head) => head.forward(h.view()),
             None => {
                 if h.ncols() != self.embed_tokens.ncols() {
-                    return Err(Error::shape("tied head input", self.embed_tokens.ncols(), h.ncols()));
+                    return Err(Error::shape(
+                        "tied head input",
+                        self.embed_tokens.ncols(),
+                        h.ncols(),
+                    ));
                 }
                 ops::matmul_nt(h.view(), self.embed_tokens.view(), Par::Rayon)
             }
@@ -236,7 +253,11 @@ impl Model {
     /// Logits `[T, vocab]` of new tokens appended after the cached ones.
     pub fn forward_cached(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Array2<f32>> {
         if cache.layers.len() != self.layers.len() {
-            return Err(Error::shape("KV cache layers", self.layers.len(), cache.layers.len()));
+            return Err(Error::shape(
+                "KV cache layers",
+                self.layers.len(),
+                cache.layers.len(),
+            ));
         }
         let start = cache.len();
         let mut h = self.embed(tokens, start)?;
@@ -248,7 +269,12 @@ impl Model {
 
     /// Greedy decoding: appends up to `max_new` tokens to `prompt`, stopping after `stop` if
     /// given. Returns only the new tokens.
-    pub fn generate_greedy(&self, prompt: &[u32], max_new: usize, stop: Option<u32>) -> Result<Vec<u32>> {
+    pub fn generate_greedy(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: Option<u32>,
+    ) -> Result<Vec<u32>> {
         if prompt.is_empty() {
             return Err(Error::argument("prompt", "[]", "needs at least one token"));
         }
@@ -257,7 +283,9 @@ impl Model {
         let mut out = Vec::with_capacity(max_new);
         for _ in 0..max_new {
             let last = logits.row(logits.nrows() - 1);
-            let next = argmax(last.iter().copied()).ok_or_else(|| Error::NonFinite { what: "logits".into() })?;
+            let next = argmax(last.iter().copied()).ok_or_else(|| Error::NonFinite {
+                what: "logits".into(),
+            })?;
             out.push(next);
             if Some(next) == stop {
                 break;
@@ -385,7 +413,12 @@ fn build_llama<S: TensorSource>(
                 head_dim: c.head_dim,
                 rope: Some(rope.clone()),
             },
-            attn_norm: Norm::new(NormKind::Rms, w.take1(&n("attn_norm"), d)?, None, c.norm_eps)?,
+            attn_norm: Norm::new(
+                NormKind::Rms,
+                w.take1(&n("attn_norm"), d)?,
+                None,
+                c.norm_eps,
+            )?,
             mlp_norm: Norm::new(NormKind::Rms, w.take1(&n("mlp_norm"), d)?, None, c.norm_eps)?,
             q_proj: q,
             k_proj: k,
@@ -394,7 +427,12 @@ fn build_llama<S: TensorSource>(
             mlp: Mlp::SwiGlu { gate, up, down },
         });
     }
-    let final_norm = Norm::new(NormKind::Rms, w.take1(names.final_norm, d)?, None, c.norm_eps)?;
+    let final_norm = Norm::new(
+        NormKind::Rms,
+        w.take1(names.final_norm, d)?,
+        None,
+        c.norm_eps,
+    )?;
     let lm_head = if c.tie_word_embeddings {
         // Some exporters keep a duplicate of the tied head; the embedding is authoritative.
         w.skip(names.lm_head);
@@ -429,7 +467,11 @@ fn unpermute_linear(l: &mut Linear, heads: usize, head_dim: usize) -> Result<()>
         f.weight = rope::unpermute_rows(&f.weight, heads, head_dim)?;
         if let Some(b) = &f.bias {
             let col = b.clone().insert_axis(Axis(1));
-            f.bias = Some(rope::unpermute_rows(&col, heads, head_dim)?.column(0).to_owned());
+            f.bias = Some(
+                rope::unpermute_rows(&col, heads, head_dim)?
+                    .column(0)
+                    .to_owned(),
+            );
         }
     }
     Ok(())
@@ -446,26 +488,40 @@ fn gguf_config(src: &GgufFile) -> Result<(ModelConfig, bool)> {
     let permuted = match arch.as_str() {
         "llama" | "mistral" => true,
         "qwen2" => false,
-        other => return Err(Error::Unsupported(format!("GGUF architecture {other} (supported: llama, mistral, qwen2)"))),
+        other => {
+            return Err(Error::Unsupported(format!(
+                "GGUF architecture {other} (supported: llama, mistral, qwen2)"
+            )))
+        }
     };
     let key = |k: &str| format!("{arch}.{k}");
     let hidden_size = src.req_usize(&key("embedding_length"))?;
     let num_heads = src.req_usize(&key("attention.head_count"))?;
     if num_heads == 0 {
-        return Err(Error::config(key("attention.head_count"), 0, "must be positive"));
+        return Err(Error::config(
+            key("attention.head_count"),
+            0,
+            "must be positive",
+        ));
     }
-    let num_kv_heads = src.meta_usize(&key("attention.head_count_kv"))?.unwrap_or(num_heads);
+    let num_kv_heads = src
+        .meta_usize(&key("attention.head_count_kv"))?
+        .unwrap_or(num_heads);
     let head_dim = src
         .meta_usize(&key("attention.key_length"))?
         .unwrap_or(hidden_size / num_heads);
     if let Some(rot) = src.meta_usize(&key("rope.dimension_count"))? {
         if rot != head_dim {
-            return Err(Error::Unsupported(format!("partial rotary ({rot} of {head_dim} dims)")));
+            return Err(Error::Unsupported(format!(
+                "partial rotary ({rot} of {head_dim} dims)"
+            )));
         }
     }
     let embed_shape = src
         .shape("token_embd.weight")
-        .ok_or_else(|| Error::MissingTensor { name: "token_embd.weight".into() })?;
+        .ok_or_else(|| Error::MissingTensor {
+            name: "token_embd.weight".into(),
+        })?;
     let vocab_size = match src.meta_usize(&key("vocab_size"))? {
         Some(v) => v,
         None => embed_shape.first().copied().unwrap_or(0),
@@ -481,7 +537,9 @@ fn gguf_config(src: &GgufFile) -> Result<(ModelConfig, bool)> {
     };
     if src.shape("rope_freqs.weight").is_some() {
         if rope_scaling.is_some() {
-            return Err(Error::Unsupported("rope_freqs together with rope scaling".into()));
+            return Err(Error::Unsupported(
+                "rope_freqs together with rope scaling".into(),
+            ));
         }
         // Read eagerly: small `[head_dim/2]` tensor of per-frequency divisors (LLaMA 3.1).
         let mut tmp = GgufFile::open(&path)?;
@@ -490,7 +548,10 @@ fn gguf_config(src: &GgufFile) -> Result<(ModelConfig, bool)> {
     }
     let token = |k: &str| -> Result<Option<u32>> {
         Ok(match src.meta_u64(k)? {
-            Some(v) => Some(u32::try_from(v).map_err(|_| Error::gguf(&path, format!("{k} = {v} out of range")))?),
+            Some(v) => Some(
+                u32::try_from(v)
+                    .map_err(|_| Error::gguf(&path, format!("{k} = {v} out of range")))?,
+            ),
             None => None,
         })
     };
@@ -530,7 +591,11 @@ fn build_opt<S: TensorSource>(config: ModelConfig, w: &mut Weights<S>) -> Result
     config.validate()?;
     let c = &config;
     // Checkpoints saved from OPTForCausalLM prefix `model.`; older ones saved OPTModel without it.
-    let p = if w.has("model.decoder.embed_tokens.weight") { "model.decoder." } else { "decoder." };
+    let p = if w.has("model.decoder.embed_tokens.weight") {
+        "model.decoder."
+    } else {
+        "decoder."
+    };
     let (d, ff, e) = (c.hidden_size, c.intermediate_size, c.word_embed_proj_dim);
     let embed_tokens = w.take2(&format!("{p}embed_tokens.weight"), c.vocab_size, e)?;
     let embed_positions = w.take2(
@@ -584,7 +649,11 @@ fn build_opt<S: TensorSource>(config: ModelConfig, w: &mut Weights<S>) -> Result
         });
     }
     // HF builds the decoder's final LayerNorm only for pre-LN models.
-    let final_norm = if c.norm_before { Some(ln(w, &format!("{p}final_layer_norm"))?) } else { None };
+    let final_norm = if c.norm_before {
+        Some(ln(w, &format!("{p}final_layer_norm"))?)
+    } else {
+        None
+    };
     let lm_head = if c.tie_word_embeddings {
         w.skip("lm_head.weight");
         None

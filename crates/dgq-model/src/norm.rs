@@ -30,7 +30,12 @@ pub struct Norm {
 
 impl Norm {
     /// Builds a norm, checking lengths and finiteness.
-    pub fn new(kind: NormKind, weight: Array1<f32>, bias: Option<Array1<f32>>, eps: f32) -> Result<Self> {
+    pub fn new(
+        kind: NormKind,
+        weight: Array1<f32>,
+        bias: Option<Array1<f32>>,
+        eps: f32,
+    ) -> Result<Self> {
         if let Some(b) = &bias {
             if kind == NormKind::Rms {
                 return Err(Error::Unsupported("RMSNorm with a bias".into()));
@@ -39,10 +44,21 @@ impl Norm {
                 return Err(Error::shape("norm bias length", weight.len(), b.len()));
             }
         }
-        if weight.iter().chain(bias.iter().flatten()).any(|v| !v.is_finite()) {
-            return Err(Error::NonFinite { what: "norm parameters".into() });
+        if weight
+            .iter()
+            .chain(bias.iter().flatten())
+            .any(|v| !v.is_finite())
+        {
+            return Err(Error::NonFinite {
+                what: "norm parameters".into(),
+            });
         }
-        Ok(Norm { kind, weight, bias, eps })
+        Ok(Norm {
+            kind,
+            weight,
+            bias,
+            eps,
+        })
     }
 
     /// Width d.
@@ -57,7 +73,12 @@ impl Norm {
         }
         Ok(match self.kind {
             NormKind::Rms => ops::rms_norm(x, self.weight.view(), self.eps),
-            NormKind::Layer => ops::layer_norm(x, self.weight.view(), self.bias.as_ref().map(|b| b.view()), self.eps),
+            NormKind::Layer => ops::layer_norm(
+                x,
+                self.weight.view(),
+                self.bias.as_ref().map(|b| b.view()),
+                self.eps,
+            ),
         })
     }
 
@@ -65,10 +86,16 @@ impl Norm {
     /// for LayerNorm, the shift), so the next linear layer sees `X / k`.
     pub fn scale_output_channels_inv(&mut self, k: &Array1<f32>) -> Result<()> {
         if k.len() != self.dim() {
-            return Err(Error::shape("smoothing divisor length", self.dim(), k.len()));
+            return Err(Error::shape(
+                "smoothing divisor length",
+                self.dim(),
+                k.len(),
+            ));
         }
         if k.iter().any(|v| !(v.is_finite() && *v != 0.0)) {
-            return Err(Error::NonFinite { what: "smoothing divisor (zero or non-finite)".into() });
+            return Err(Error::NonFinite {
+                what: "smoothing divisor (zero or non-finite)".into(),
+            });
         }
         self.weight /= k;
         if let Some(b) = &mut self.bias {

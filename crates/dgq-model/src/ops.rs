@@ -98,7 +98,9 @@ pub(crate) fn rms_norm(x: ArrayView2<f32>, w: ArrayView1<f32>, eps: f32) -> Arra
         .for_each(|mut row| {
             let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / row.len() as f64;
             let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
-            Zip::from(&mut row).and(&w).for_each(|v, &g| *v = *v * inv * g);
+            Zip::from(&mut row)
+                .and(&w)
+                .for_each(|v, &g| *v = *v * inv * g);
         });
     out
 }

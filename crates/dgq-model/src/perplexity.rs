@@ -77,7 +77,11 @@ pub struct PplResult {
 /// Start offsets and first scored offset (within the window) of every window.
 fn windows(n: usize, cfg: &PplConfig) -> Result<Vec<(usize, usize)>> {
     if cfg.ctx < 2 {
-        return Err(Error::argument("ctx", cfg.ctx, "a window needs at least 2 tokens"));
+        return Err(Error::argument(
+            "ctx",
+            cfg.ctx,
+            "a window needs at least 2 tokens",
+        ));
     }
     let stride = cfg.stride.unwrap_or(cfg.ctx);
     if stride == 0 || stride > cfg.ctx {
@@ -97,7 +101,11 @@ fn windows(n: usize, cfg: &PplConfig) -> Result<Vec<(usize, usize)>> {
         }
     }
     if out.is_empty() {
-        return Err(Error::argument("tokens", n, "fewer tokens than one window of ctx"));
+        return Err(Error::argument(
+            "tokens",
+            n,
+            "fewer tokens than one window of ctx",
+        ));
     }
     Ok(out)
 }
@@ -117,21 +125,33 @@ pub fn perplexity<M: CausalLm + ?Sized>(
         let win = &tokens[begin..begin + cfg.ctx];
         let logits = model.logits(win)?;
         if logits.dim() != (win.len(), vocab) {
-            return Err(Error::shape("logits", format!("{:?}", (win.len(), vocab)), format!("{:?}", logits.dim())));
+            return Err(Error::shape(
+                "logits",
+                format!("{:?}", (win.len(), vocab)),
+                format!("{:?}", logits.dim()),
+            ));
         }
-        // Position j's logits predict token j + 1.
-        for j in first..win.len() {
+        // Row j − 1 of the logits predicts token j.
+        for (j, &token) in win.iter().enumerate().skip(first) {
             let row = logits.row(j - 1);
-            let target = win[j] as usize;
+            let target = token as usize;
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-            let t = row
-                .get(target)
-                .copied()
-                .ok_or(Error::TokenOutOfRange { token: win[j], position: begin + j, vocab_size: vocab })?;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&v| (v as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            let t = row.get(target).copied().ok_or(Error::TokenOutOfRange {
+                token,
+                position: begin + j,
+                vocab_size: vocab,
+            })?;
             let l = lse - t as f64;
             if !l.is_finite() {
-                return Err(Error::NonFinite { what: format!("logits of window {w}") });
+                return Err(Error::NonFinite {
+                    what: format!("logits of window {w}"),
+                });
             }
             nll += l;
             count += 1;
@@ -161,24 +181,48 @@ mod tests {
 
     #[test]
     fn non_overlapping_windows_score_all_but_first() {
-        let cfg = PplConfig { ctx: 4, stride: None, max_windows: None };
+        let cfg = PplConfig {
+            ctx: 4,
+            stride: None,
+            max_windows: None,
+        };
         assert_eq!(windows(10, &cfg).unwrap(), vec![(0, 1), (4, 1)]);
     }
 
     #[test]
     fn strided_windows_score_only_new_tokens() {
-        let cfg = PplConfig { ctx: 4, stride: Some(2), max_windows: Some(3) };
+        let cfg = PplConfig {
+            ctx: 4,
+            stride: Some(2),
+            max_windows: Some(3),
+        };
         // Window 0 scores 1..4; window 1 (2..6) scores its offsets 2,3 (tokens 4,5); window 2 likewise.
         assert_eq!(windows(10, &cfg).unwrap(), vec![(0, 1), (2, 2), (4, 2)]);
     }
 
     #[test]
     fn bad_window_arguments_are_errors() {
-        let c = |ctx, stride| PplConfig { ctx, stride, max_windows: None };
-        assert!(matches!(windows(10, &c(1, None)), Err(Error::Argument { .. })));
-        assert!(matches!(windows(10, &c(4, Some(0))), Err(Error::Argument { .. })));
-        assert!(matches!(windows(10, &c(4, Some(5))), Err(Error::Argument { .. })));
-        assert!(matches!(windows(3, &c(4, None)), Err(Error::Argument { .. })));
+        let c = |ctx, stride| PplConfig {
+            ctx,
+            stride,
+            max_windows: None,
+        };
+        assert!(matches!(
+            windows(10, &c(1, None)),
+            Err(Error::Argument { .. })
+        ));
+        assert!(matches!(
+            windows(10, &c(4, Some(0))),
+            Err(Error::Argument { .. })
+        ));
+        assert!(matches!(
+            windows(10, &c(4, Some(5))),
+            Err(Error::Argument { .. })
+        ));
+        assert!(matches!(
+            windows(3, &c(4, None)),
+            Err(Error::Argument { .. })
+        ));
     }
 
     /// A model whose logits put probability p on the true next token: ppl must be 1/p.
@@ -205,15 +249,31 @@ mod tests {
     #[test]
     fn oracle_perplexity_is_inverse_probability() {
         let vocab = 7;
-        let next: Vec<u32> = (0..vocab as u32).map(|t| (t * 3 + 1) % vocab as u32).collect();
+        let next: Vec<u32> = (0..vocab as u32)
+            .map(|t| (t * 3 + 1) % vocab as u32)
+            .collect();
         let mut toks = vec![0u32];
         for _ in 0..40 {
             let last = *toks.last().unwrap();
             toks.push(next[last as usize]);
         }
-        let m = Oracle { next, vocab, p: 0.25 };
+        let m = Oracle {
+            next,
+            vocab,
+            p: 0.25,
+        };
         let mut calls = 0;
-        let r = perplexity(&m, &toks, &PplConfig { ctx: 8, stride: None, max_windows: None }, &mut |_| calls += 1).unwrap();
+        let r = perplexity(
+            &m,
+            &toks,
+            &PplConfig {
+                ctx: 8,
+                stride: None,
+                max_windows: None,
+            },
+            &mut |_| calls += 1,
+        )
+        .unwrap();
         assert_eq!(r.windows, 5);
         assert_eq!(calls, 5);
         assert_eq!(r.tokens, 5 * 7);

@@ -40,15 +40,20 @@ impl Rope {
     /// Builds the inverse frequencies for heads of `head_dim` (even) with the given base.
     pub fn new(head_dim: usize, base: f32, scaling: Option<&RopeScaling>) -> Result<Self> {
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(Error::config("head_dim", head_dim, "rotary embeddings need an even head size"));
+            return Err(Error::config(
+                "head_dim",
+                head_dim,
+                "rotary embeddings need an even head size",
+            ));
         }
         if !(base.is_finite() && base > 1.0) {
             return Err(Error::config("rope_theta", base, "must be finite and > 1"));
         }
         let half = head_dim / 2;
         let base = base as f64;
-        let mut inv_freq: Array1<f64> =
-            (0..half).map(|i| base.powf(-(2.0 * i as f64) / head_dim as f64)).collect();
+        let mut inv_freq: Array1<f64> = (0..half)
+            .map(|i| base.powf(-(2.0 * i as f64) / head_dim as f64))
+            .collect();
         match scaling {
             None => {}
             Some(RopeScaling::Linear { factor }) => {
@@ -71,7 +76,11 @@ impl Rope {
                         "needs high_freq_factor > low_freq_factor and a positive original context",
                     ));
                 }
-                let (factor, lo, hi) = (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64);
+                let (factor, lo, hi) = (
+                    *factor as f64,
+                    *low_freq_factor as f64,
+                    *high_freq_factor as f64,
+                );
                 let old = *original_max_position_embeddings as f64;
                 let low_wavelen = old / lo;
                 let high_wavelen = old / hi;
@@ -140,7 +149,12 @@ impl Rope {
         Ok(())
     }
 
-    pub(crate) fn apply_with(&self, mut x: ArrayViewMut2<f32>, cos: &Array2<f32>, sin: &Array2<f32>) {
+    pub(crate) fn apply_with(
+        &self,
+        mut x: ArrayViewMut2<f32>,
+        cos: &Array2<f32>,
+        sin: &Array2<f32>,
+    ) {
         let hd = self.head_dim;
         let half = hd / 2;
         x.axis_iter_mut(Axis(0))
@@ -215,4 +229,61 @@ pub fn permute_rows(w: &Array2<f32>, n_heads: usize, head_dim: usize) -> Result<
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_scaling_follows_the_reference_formula() {
+        // LLaMA 3.1 8B's parameters: base 500000, factor 8, low 1, high 4, original 8192.
+        let plain = Rope::new(128, 500000.0, None).unwrap();
+        let s = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        let scaled = Rope::new(128, 500000.0, Some(&s)).unwrap();
+        let (mut kept, mut divided, mut blended) = (0, 0, 0);
+        for (&f, &g) in plain.inv_freq().iter().zip(scaled.inv_freq()) {
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            if wavelen < 8192.0 / 4.0 {
+                assert_eq!(g, f);
+                kept += 1;
+            } else if wavelen > 8192.0 {
+                assert!((g - f / 8.0).abs() <= 1e-15 * f);
+                divided += 1;
+            } else {
+                // Between the two: strictly between f/8 and f.
+                assert!(g > f / 8.0 && g < f);
+                blended += 1;
+            }
+        }
+        assert!(
+            kept > 0 && divided > 0 && blended > 0,
+            "{kept} {divided} {blended}"
+        );
+        let lin = Rope::new(8, 10000.0, Some(&RopeScaling::Linear { factor: 4.0 })).unwrap();
+        assert!((lin.inv_freq()[1] - 10000f64.powf(-0.25) / 4.0).abs() < 1e-15);
+        assert!(Rope::new(7, 10000.0, None).is_err());
+        assert!(Rope::new(8, 10000.0, Some(&RopeScaling::Factors(vec![1.0; 3]))).is_err());
+    }
+
+    #[test]
+    fn rotation_preserves_norms_and_position_zero_is_identity() {
+        let rope = Rope::new(8, 10000.0, None).unwrap();
+        let x = Array2::from_shape_fn((3, 16), |(i, j)| (i as f32 - 1.0) * 0.3 + j as f32 * 0.1);
+        let mut y = x.clone();
+        rope.apply(y.view_mut(), 0).unwrap();
+        assert_eq!(y.row(0), x.row(0));
+        for (a, b) in x.rows().into_iter().zip(y.rows()) {
+            for (ha, hb) in a.exact_chunks(8).into_iter().zip(b.exact_chunks(8)) {
+                let (na, nb) = (ha.dot(&ha), hb.dot(&hb));
+                assert!((na - nb).abs() < 1e-5 * na.max(1.0));
+            }
+        }
+        assert!(rope.apply(Array2::zeros((1, 12)).view_mut(), 0).is_err());
+    }
 }

@@ -64,9 +64,13 @@ impl Tokenizer {
     /// Loads a Hugging Face `tokenizer.json`.
     pub fn from_json_file(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer.json")));
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer.json"),
+            ));
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         Ok(Self::from_inner(inner))
     }
 
@@ -108,20 +112,31 @@ impl Tokenizer {
         let types = src.meta_int_array("tokenizer.ggml.token_type")?;
         if let Some(t) = &types {
             if t.len() != tokens.len() {
-                return Err(Error::gguf(path, format!("{} token types for {} tokens", t.len(), tokens.len())));
+                return Err(Error::gguf(
+                    path,
+                    format!("{} token types for {} tokens", t.len(), tokens.len()),
+                ));
             }
         }
-        let pre = src.meta_str("tokenizer.ggml.pre")?.unwrap_or("default").to_string();
+        let pre = src
+            .meta_str("tokenizer.ggml.pre")?
+            .unwrap_or("default")
+            .to_string();
         let id = |key: &str| -> Result<Option<u32>> {
             match src.meta_u64(key)? {
                 Some(v) if (v as usize) < tokens.len() => Ok(Some(v as u32)),
-                Some(v) => Err(Error::gguf(path, format!("{key} = {v} is outside the vocabulary"))),
+                Some(v) => Err(Error::gguf(
+                    path,
+                    format!("{key} = {v} is outside the vocabulary"),
+                )),
                 None => Ok(None),
             }
         };
         let bos = id("tokenizer.ggml.bos_token_id")?;
         let eos = id("tokenizer.ggml.eos_token_id")?;
-        let add_bos = src.meta_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+        let add_bos = src
+            .meta_bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(false);
         let mut t = Self::from_bpe_parts(&tokens, &merges, types.as_deref(), &pre)?;
         t.bos = bos;
         t.eos = eos;
@@ -132,21 +147,30 @@ impl Tokenizer {
     /// Builds a byte-level BPE tokenizer from a vocabulary (id = position), merges (`"a b"`),
     /// optional GGUF token types (control tokens become special tokens) and llama.cpp's
     /// pre-tokenizer name (`default`/`gpt2`, `smollm`, `llama-bpe`/`llama3`, `qwen2`).
-    pub fn from_bpe_parts(tokens: &[String], merges: &[String], types: Option<&[i64]>, pre: &str) -> Result<Self> {
+    pub fn from_bpe_parts(
+        tokens: &[String],
+        merges: &[String],
+        types: Option<&[i64]>,
+        pre: &str,
+    ) -> Result<Self> {
         let vocab: Vocab = tokens
             .iter()
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
         if vocab.len() != tokens.len() {
-            return Err(Error::Tokenizer("duplicate tokens in the vocabulary".into()));
+            return Err(Error::Tokenizer(
+                "duplicate tokens in the vocabulary".into(),
+            ));
         }
         let merges: Vec<(String, String)> = merges
             .iter()
             .map(|m| {
                 m.split_once(' ')
                     .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| Error::Tokenizer(format!("merge {m:?} is not two space-separated tokens")))
+                    .ok_or_else(|| {
+                        Error::Tokenizer(format!("merge {m:?} is not two space-separated tokens"))
+                    })
             })
             .collect::<Result<_>>()?;
         let llama3 = matches!(pre, "llama-bpe" | "llama3" | "smaug-bpe");
@@ -159,15 +183,23 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(bpe);
         let byte_level = |use_regex: bool| ByteLevel::new(false, true, use_regex);
         let split = |re: &str| -> Result<PreTokenizerWrapper> {
-            Ok(Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(tk_err)?
-                .into())
+            Ok(Split::new(
+                SplitPattern::Regex(re.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(tk_err)?
+            .into())
         };
         let pre_tok: PreTokenizerWrapper = match pre {
             "default" | "gpt2" | "" => byte_level(true).into(),
             // SmolLM's tokenizer.json: every digit is its own piece, then GPT-2's regex.
-            "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into(),
-            _ if llama3 => Sequence::new(vec![split(REGEX_LLAMA3)?, byte_level(false).into()]).into(),
+            "smollm" => {
+                Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into()
+            }
+            _ if llama3 => {
+                Sequence::new(vec![split(REGEX_LLAMA3)?, byte_level(false).into()]).into()
+            }
             "qwen2" => {
                 inner.with_normalizer(Some(NFC)).map_err(tk_err)?;
                 Sequence::new(vec![split(REGEX_QWEN2)?, byte_level(false).into()]).into()
@@ -212,7 +244,12 @@ impl Tokenizer {
     /// configuration asks for it.
     pub fn encode_for_model(&self, text: &str) -> Result<Vec<u32>> {
         if self.from_json {
-            return Ok(self.inner.encode_fast(text, true).map_err(tk_err)?.get_ids().to_vec());
+            return Ok(self
+                .inner
+                .encode_fast(text, true)
+                .map_err(tk_err)?
+                .get_ids()
+                .to_vec());
         }
         let mut ids = Vec::new();
         if self.add_bos {
@@ -255,5 +292,42 @@ impl Tokenizer {
     /// The underlying `tokenizers` tokenizer.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Digits 0–9 plus merged tokens; merge "3 4" has the best rank, so it wins wherever the
+    /// pre-tokenizer leaves 3 and 4 in one piece.
+    fn digits(pre: &str) -> Tokenizer {
+        let merges: Vec<String> = ["3 4", "1 2", "12 3", "4 5", "45 6"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut tokens: Vec<String> = (0..10).map(|d| d.to_string()).collect();
+        tokens.extend(["34", "12", "123", "45", "456"].map(String::from));
+        Tokenizer::from_bpe_parts(&tokens, &merges, None, pre).unwrap()
+    }
+
+    #[test]
+    fn pre_tokenizers_split_digits_as_their_models_do() {
+        let ids = |pre: &str| digits(pre).encode("1234567").unwrap();
+        // GPT-2 regex: one piece "1234567" → 12 34 5 6 7.
+        assert_eq!(ids("default"), vec![11, 10, 5, 6, 7]);
+        // LLaMA 3: groups of up to three digits "123" "456" "7".
+        assert_eq!(ids("llama-bpe"), vec![12, 14, 7]);
+        // SmolLM and Qwen2: one digit per piece.
+        assert_eq!(ids("smollm"), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(ids("qwen2"), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert!(matches!(
+            Tokenizer::from_bpe_parts(&["a".into()], &[], None, "falcon"),
+            Err(Error::Unsupported(_))
+        ));
+        assert!(matches!(
+            Tokenizer::from_bpe_parts(&["a".into()], &["a".into()], None, "default"),
+            Err(Error::Tokenizer(_))
+        ));
     }
 }

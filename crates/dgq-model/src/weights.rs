@@ -35,7 +35,10 @@ pub(crate) struct Weights<S> {
 
 impl<S: TensorSource> Weights<S> {
     pub(crate) fn new(src: S) -> Self {
-        Weights { src, used: BTreeSet::new() }
+        Weights {
+            src,
+            used: BTreeSet::new(),
+        }
     }
 
     pub(crate) fn has(&self, name: &str) -> bool {
@@ -50,10 +53,9 @@ impl<S: TensorSource> Weights<S> {
     }
 
     fn take(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
-        let shape = self
-            .src
-            .shape(name)
-            .ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
+        let shape = self.src.shape(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+        })?;
         if shape != expected {
             return Err(Error::TensorShape {
                 name: name.to_string(),
@@ -70,7 +72,9 @@ impl<S: TensorSource> Weights<S> {
             });
         }
         if data.iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFinite { what: format!("tensor {name}") });
+            return Err(Error::NonFinite {
+                what: format!("tensor {name}"),
+            });
         }
         self.used.insert(name.to_string());
         Ok(data)
@@ -79,7 +83,8 @@ impl<S: TensorSource> Weights<S> {
     /// A 2-D tensor of exactly `[rows, cols]`.
     pub(crate) fn take2(&mut self, name: &str, rows: usize, cols: usize) -> Result<Array2<f32>> {
         let data = self.take(name, &[rows, cols])?;
-        Array2::from_shape_vec((rows, cols), data).map_err(|e| Error::shape(name, format!("[{rows}, {cols}]"), e))
+        Array2::from_shape_vec((rows, cols), data)
+            .map_err(|e| Error::shape(name, format!("[{rows}, {cols}]"), e))
     }
 
     /// A 1-D tensor of exactly `[n]`.
@@ -89,7 +94,12 @@ impl<S: TensorSource> Weights<S> {
 
     /// Names present in the source but never taken or skipped.
     pub(crate) fn unused(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.src.names().into_iter().filter(|n| !self.used.contains(n)).collect();
+        let mut v: Vec<String> = self
+            .src
+            .names()
+            .into_iter()
+            .filter(|n| !self.used.contains(n))
+            .collect();
         v.sort();
         v
     }
@@ -129,11 +139,13 @@ impl SafetensorsSource {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         if index_path.is_file() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
-                path: index_path.clone(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|source| Error::Json {
+                    path: index_path.clone(),
+                    source,
+                })?;
             let map = v
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -154,7 +166,10 @@ impl SafetensorsSource {
                         problem: format!("shard name {file:?} is not a plain file name"),
                     });
                 }
-                shards.entry(file.to_string()).or_default().push(name.clone());
+                shards
+                    .entry(file.to_string())
+                    .or_default()
+                    .push(name.clone());
             }
             let paths: Vec<PathBuf> = shards.keys().map(|f| dir.join(f)).collect();
             let src = Self::open_files(&paths)?;
@@ -163,7 +178,9 @@ impl SafetensorsSource {
                     if !src.index.contains_key(name) {
                         return Err(Error::Safetensors {
                             path: dir.join(file),
-                            problem: format!("index lists tensor {name} but the shard does not contain it"),
+                            problem: format!(
+                                "index lists tensor {name} but the shard does not contain it"
+                            ),
                         });
                     }
                 }
@@ -222,9 +239,9 @@ impl TensorSource for SafetensorsSource {
     }
 
     fn read_f32(&mut self, name: &str) -> Result<Vec<f32>> {
-        let (f, info) = self
-            .info(name)
-            .ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
+        let (f, info) = self.info(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+        })?;
         let (a, b) = info.data_offsets;
         let bytes = f
             .bytes
@@ -296,7 +313,8 @@ impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let mut reader = BufReader::new(file);
-        let content = gguf_file::Content::read(&mut reader).map_err(|e| map_candle_read_error(path, e))?;
+        let content =
+            gguf_file::Content::read(&mut reader).map_err(|e| map_candle_read_error(path, e))?;
         for (name, info) in &content.tensor_infos {
             let elems = info
                 .shape
@@ -305,7 +323,10 @@ impl GgufFile {
                 .try_fold(1usize, |acc, &d| acc.checked_mul(d))
                 .filter(|&n| n <= MAX_GGUF_ELEMS);
             if elems.is_none() {
-                return Err(Error::gguf(path, format!("tensor {name} has implausible dims {:?}", info.shape.dims())));
+                return Err(Error::gguf(
+                    path,
+                    format!("tensor {name} has implausible dims {:?}", info.shape.dims()),
+                ));
             }
         }
         Ok(GgufFile {
@@ -343,7 +364,9 @@ impl GgufFile {
     pub fn read_tensor(&mut self, name: &str) -> Result<ndarray::ArrayD<f32>> {
         let shape = self
             .tensor_shape(name)
-            .ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+            })?;
         let data = self.read_f32(name)?;
         ndarray::ArrayD::from_shape_vec(shape.clone(), data)
             .map_err(|e| Error::shape(format!("tensor {name}"), format!("{shape:?}"), e))
@@ -381,7 +404,12 @@ impl GgufFile {
             Some(I16(v)) if *v >= 0 => Some(*v as u64),
             Some(I32(v)) if *v >= 0 => Some(*v as u64),
             Some(I64(v)) if *v >= 0 => Some(*v as u64),
-            Some(v) => return Err(Error::gguf(&self.path, format!("metadata {key} = {v:?} is not a non-negative integer"))),
+            Some(v) => {
+                return Err(Error::gguf(
+                    &self.path,
+                    format!("metadata {key} = {v:?} is not a non-negative integer"),
+                ))
+            }
         })
     }
 
@@ -405,7 +433,12 @@ impl GgufFile {
             None => None,
             Some(F32(v)) => Some(*v),
             Some(F64(v)) => Some(*v as f32),
-            Some(v) => return Err(Error::gguf(&self.path, format!("metadata {key} = {v:?} is not a float"))),
+            Some(v) => {
+                return Err(Error::gguf(
+                    &self.path,
+                    format!("metadata {key} = {v:?} is not a float"),
+                ))
+            }
         })
     }
 
@@ -413,7 +446,10 @@ impl GgufFile {
         match self.meta(key) {
             None => Ok(None),
             Some(gguf_file::Value::String(s)) => Ok(Some(s.as_str())),
-            Some(v) => Err(Error::gguf(&self.path, format!("metadata {key} = {v:?} is not a string"))),
+            Some(v) => Err(Error::gguf(
+                &self.path,
+                format!("metadata {key} = {v:?} is not a string"),
+            )),
         }
     }
 
@@ -421,7 +457,10 @@ impl GgufFile {
         match self.meta(key) {
             None => Ok(None),
             Some(gguf_file::Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(Error::gguf(&self.path, format!("metadata {key} = {v:?} is not a bool"))),
+            Some(v) => Err(Error::gguf(
+                &self.path,
+                format!("metadata {key} = {v:?} is not a bool"),
+            )),
         }
     }
 
@@ -432,11 +471,17 @@ impl GgufFile {
                 .iter()
                 .map(|v| match v {
                     gguf_file::Value::String(s) => Ok(s.clone()),
-                    other => Err(Error::gguf(&self.path, format!("{key} holds a non-string {other:?}"))),
+                    other => Err(Error::gguf(
+                        &self.path,
+                        format!("{key} holds a non-string {other:?}"),
+                    )),
                 })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
-            Some(v) => Err(Error::gguf(&self.path, format!("metadata {key} = {v:?} is not an array"))),
+            Some(v) => Err(Error::gguf(
+                &self.path,
+                format!("metadata {key} = {v:?} is not an array"),
+            )),
         }
     }
 
@@ -454,11 +499,17 @@ impl GgufFile {
                     U32(x) => Ok(*x as i64),
                     I32(x) => Ok(*x as i64),
                     I64(x) => Ok(*x),
-                    other => Err(Error::gguf(&self.path, format!("{key} holds a non-integer {other:?}"))),
+                    other => Err(Error::gguf(
+                        &self.path,
+                        format!("{key} holds a non-integer {other:?}"),
+                    )),
                 })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
-            Some(v) => Err(Error::gguf(&self.path, format!("metadata {key} = {v:?} is not an array"))),
+            Some(v) => Err(Error::gguf(
+                &self.path,
+                format!("metadata {key} = {v:?} is not an array"),
+            )),
         }
     }
 }
@@ -483,11 +534,17 @@ impl TensorSource for GgufFile {
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
         // candle already reverses GGUF's fastest-first dims to row-major order.
-        self.content.tensor_infos.get(name).map(|i| i.shape.dims().to_vec())
+        self.content
+            .tensor_infos
+            .get(name)
+            .map(|i| i.shape.dims().to_vec())
     }
 
     fn dtype(&self, name: &str) -> Option<String> {
-        self.content.tensor_infos.get(name).map(|i| format!("{:?}", i.ggml_dtype))
+        self.content
+            .tensor_infos
+            .get(name)
+            .map(|i| format!("{:?}", i.ggml_dtype))
     }
 
     fn read_f32(&mut self, name: &str) -> Result<Vec<f32>> {
@@ -495,7 +552,9 @@ impl TensorSource for GgufFile {
             .content
             .tensor_infos
             .get(name)
-            .ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+            })?;
         if !dequantizable(info.ggml_dtype) {
             return Err(Error::UnsupportedGgufType {
                 tensor: name.to_string(),
@@ -504,8 +563,13 @@ impl TensorSource for GgufFile {
         }
         let path = self.path.clone();
         let wrap = |e: candle_core::Error| Error::gguf(&path, format!("tensor {name}: {e}"));
-        let qt = self.content.tensor(&mut self.reader, name, &Device::Cpu).map_err(wrap)?;
+        let qt = self
+            .content
+            .tensor(&mut self.reader, name, &Device::Cpu)
+            .map_err(wrap)?;
         let t = qt.dequantize(&Device::Cpu).map_err(wrap)?;
-        t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(wrap)
+        t.flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(wrap)
     }
 }

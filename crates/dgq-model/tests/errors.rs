@@ -15,14 +15,20 @@ fn hf_dir(t: &TinyLlama, w: &Tensors) -> tempfile::TempDir {
 #[test]
 fn missing_files() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(Model::from_hf_dir(dir.path()), Err(Error::Io { .. })));
+    assert!(matches!(
+        Model::from_hf_dir(dir.path()),
+        Err(Error::Io { .. })
+    ));
     let t = TinyLlama::default();
     std::fs::write(dir.path().join("config.json"), t.config_json().to_string()).unwrap();
     match Model::from_hf_dir(dir.path()) {
         Err(Error::Io { path, .. }) => assert!(path.ends_with("model.safetensors")),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(Model::load(&dir.path().join("nope.gguf")), Err(Error::Io { .. })));
+    assert!(matches!(
+        Model::load(&dir.path().join("nope.gguf")),
+        Err(Error::Io { .. })
+    ));
     assert!(matches!(Tokenizer::load(dir.path()), Err(Error::Io { .. })));
 }
 
@@ -33,7 +39,10 @@ fn bad_config_json() {
     let dir = hf_dir(&t, &w);
     let cfg = dir.path().join("config.json");
     std::fs::write(&cfg, "{ not json").unwrap();
-    assert!(matches!(Model::from_hf_dir(dir.path()), Err(Error::Json { .. })));
+    assert!(matches!(
+        Model::from_hf_dir(dir.path()),
+        Err(Error::Json { .. })
+    ));
 
     let edit = |f: &dyn Fn(&mut serde_json::Value)| {
         let mut v = t.config_json();
@@ -47,27 +56,51 @@ fn bad_config_json() {
         Err(Error::Config { field, .. }) => assert_eq!(field, "hidden_size"),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(edit(&|v| v["hidden_size"] = "big".into()), Err(Error::Config { .. })));
-    assert!(matches!(edit(&|v| v["num_key_value_heads"] = 3.into()), Err(Error::Config { .. })));
-    assert!(matches!(edit(&|v| v["num_attention_heads"] = 0.into()), Err(Error::Config { .. })));
-    assert!(matches!(edit(&|v| v["model_type"] = "gpt_neox".into()), Err(Error::Unsupported(_))));
-    assert!(matches!(edit(&|v| v["hidden_act"] = "gelu".into()), Err(Error::Unsupported(_))));
-    assert!(matches!(edit(&|v| v["rope_theta"] = (-1.0).into()), Err(Error::Config { .. })));
+    assert!(matches!(
+        edit(&|v| v["hidden_size"] = "big".into()),
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(
+        edit(&|v| v["num_key_value_heads"] = 3.into()),
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(
+        edit(&|v| v["num_attention_heads"] = 0.into()),
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(
+        edit(&|v| v["model_type"] = "gpt_neox".into()),
+        Err(Error::Unsupported(_))
+    ));
+    assert!(matches!(
+        edit(&|v| v["hidden_act"] = "gelu".into()),
+        Err(Error::Unsupported(_))
+    ));
+    assert!(matches!(
+        edit(&|v| v["rope_theta"] = (-1.0).into()),
+        Err(Error::Config { .. })
+    ));
     assert!(matches!(
         edit(&|v| v["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0})),
         Err(Error::Unsupported(_))
     ));
     // A config whose sizes disagree with the tensors: wrong shape, named.
     match edit(&|v| v["intermediate_size"] = 20.into()) {
-        Err(Error::TensorShape { name, expected, got }) => {
+        Err(Error::TensorShape {
+            name,
+            expected,
+            got,
+        }) => {
             assert!(name.ends_with("gate_proj.weight"), "{name}");
             assert_eq!((expected, got), (vec![20, 16], vec![24, 16]));
         }
         other => panic!("{other:?}"),
     }
     // Supported rope scaling parses and loads.
-    assert!(edit(&|v| v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0,
-        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}))
+    assert!(edit(
+        &|v| v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0,
+        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
+    )
     .is_ok());
 }
 
@@ -85,12 +118,20 @@ fn missing_wrong_and_unsupported_tensors() {
     let mut w = t.tensors(32);
     w.insert("model.norm.weight".into(), (vec![15], vec![1.0; 15]));
     let dir = hf_dir(&t, &w);
-    assert!(matches!(Model::from_hf_dir(dir.path()), Err(Error::TensorShape { .. })));
+    assert!(matches!(
+        Model::from_hf_dir(dir.path()),
+        Err(Error::TensorShape { .. })
+    ));
 
     let mut w = t.tensors(32);
-    w.get_mut("model.layers.0.self_attn.k_proj.weight").unwrap().1[5] = f32::NAN;
+    w.get_mut("model.layers.0.self_attn.k_proj.weight")
+        .unwrap()
+        .1[5] = f32::NAN;
     let dir = hf_dir(&t, &w);
-    assert!(matches!(Model::from_hf_dir(dir.path()), Err(Error::NonFinite { .. })));
+    assert!(matches!(
+        Model::from_hf_dir(dir.path()),
+        Err(Error::NonFinite { .. })
+    ));
 
     // An integer tensor where floats are expected.
     let dir = hf_dir(&t, &t.tensors(32));
@@ -109,11 +150,17 @@ fn missing_wrong_and_unsupported_tensors() {
         })
         .collect();
     for (n, s, b, d) in &owned {
-        all.push((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()));
+        all.push((
+            n.clone(),
+            safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+        ));
     }
     std::fs::write(&st, safetensors::serialize(all, None).unwrap()).unwrap();
     match Model::from_hf_dir(dir.path()) {
-        Err(Error::UnsupportedDtype { name, dtype }) => assert_eq!((name.as_str(), dtype.as_str()), ("model.norm.weight", "I32")),
+        Err(Error::UnsupportedDtype { name, dtype }) => assert_eq!(
+            (name.as_str(), dtype.as_str()),
+            ("model.norm.weight", "I32")
+        ),
         other => panic!("{other:?}"),
     }
 }
@@ -126,13 +173,22 @@ fn truncated_or_garbage_safetensors() {
     let bytes = std::fs::read(&st).unwrap();
     for cut in [0, 5, 100, bytes.len() - 1] {
         std::fs::write(&st, &bytes[..cut]).unwrap();
-        assert!(matches!(Model::from_hf_dir(dir.path()), Err(Error::Safetensors { .. })), "cut at {cut}");
+        assert!(
+            matches!(
+                Model::from_hf_dir(dir.path()),
+                Err(Error::Safetensors { .. })
+            ),
+            "cut at {cut}"
+        );
     }
     // A header length far beyond the file.
     let mut bad = bytes.clone();
     bad[..8].copy_from_slice(&u64::MAX.to_le_bytes());
     std::fs::write(&st, &bad).unwrap();
-    assert!(matches!(Model::from_hf_dir(dir.path()), Err(Error::Safetensors { .. })));
+    assert!(matches!(
+        Model::from_hf_dir(dir.path()),
+        Err(Error::Safetensors { .. })
+    ));
 }
 
 #[test]
@@ -144,18 +200,30 @@ fn broken_sharded_index() {
     let text = std::fs::read_to_string(&idx).unwrap();
     // A shard that is not there.
     std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
-    assert!(matches!(Model::from_hf_dir(dir.path()), Err(Error::Io { .. })));
+    assert!(matches!(
+        Model::from_hf_dir(dir.path()),
+        Err(Error::Io { .. })
+    ));
     // An index that names a tensor its shard lacks.
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["weight_map"] = serde_json::json!({"model.norm.weight": "model-00001-of-00002.safetensors", "ghost": "model-00001-of-00002.safetensors"});
     std::fs::write(&idx, v.to_string()).unwrap();
-    assert!(matches!(Model::from_hf_dir(dir.path()), Err(Error::Safetensors { .. })));
+    assert!(matches!(
+        Model::from_hf_dir(dir.path()),
+        Err(Error::Safetensors { .. })
+    ));
     // Shard names that leave the directory are refused.
     v["weight_map"] = serde_json::json!({"model.norm.weight": "../x.safetensors"});
     std::fs::write(&idx, v.to_string()).unwrap();
-    assert!(matches!(Model::from_hf_dir(dir.path()), Err(Error::Safetensors { .. })));
+    assert!(matches!(
+        Model::from_hf_dir(dir.path()),
+        Err(Error::Safetensors { .. })
+    ));
     std::fs::write(&idx, "[]").unwrap();
-    assert!(matches!(Model::from_hf_dir(dir.path()), Err(Error::Safetensors { .. })));
+    assert!(matches!(
+        Model::from_hf_dir(dir.path()),
+        Err(Error::Safetensors { .. })
+    ));
 }
 
 fn small_gguf(ty: u32, data: Vec<u8>, arch: &str) -> Vec<u8> {
@@ -184,23 +252,38 @@ fn malformed_and_unsupported_gguf() {
     std::fs::write(&p, &good[..good.len() - 64]).unwrap();
     let mut f = GgufFile::open(&p).unwrap();
     assert!(matches!(f.read_tensor("w"), Err(Error::Gguf { .. })));
-    assert!(matches!(f.read_tensor("missing"), Err(Error::MissingTensor { .. })));
+    assert!(matches!(
+        f.read_tensor("missing"),
+        Err(Error::MissingTensor { .. })
+    ));
     // An IQ type (id 16, IQ2_XXS) this build does not dequantize.
     std::fs::write(&p, small_gguf(16, vec![0; 66], "llama")).unwrap();
-    assert!(matches!(GgufFile::open(&p), Err(Error::UnsupportedGgufType { .. })));
+    assert!(matches!(
+        GgufFile::open(&p),
+        Err(Error::UnsupportedGgufType { .. })
+    ));
     // Q8_1 parses but is not a storage type we dequantize.
     std::fs::write(&p, small_gguf(9, vec![0; 36], "llama")).unwrap();
     let mut f = GgufFile::open(&p).unwrap();
-    assert!(matches!(f.read_tensor("w"), Err(Error::UnsupportedGgufType { .. })));
+    assert!(matches!(
+        f.read_tensor("w"),
+        Err(Error::UnsupportedGgufType { .. })
+    ));
     // Valid file, but not a model we can build: unsupported arch, missing metadata.
     std::fs::write(&p, small_gguf(GGML_F32, f32_bytes(&[0.5; 32]), "gemma")).unwrap();
     assert!(matches!(Model::from_gguf(&p), Err(Error::Unsupported(_))));
     std::fs::write(&p, small_gguf(GGML_F32, f32_bytes(&[0.5; 32]), "llama")).unwrap();
     assert!(matches!(Model::from_gguf(&p), Err(Error::Gguf { .. })));
-    assert!(matches!(Tokenizer::from_gguf(&p), Err(Error::Unsupported(_))));
+    assert!(matches!(
+        Tokenizer::from_gguf(&p),
+        Err(Error::Unsupported(_))
+    ));
     // Dims whose product overflows.
     let mut bytes = small_gguf(GGML_F32, f32_bytes(&[0.5; 32]), "llama");
-    let pos = bytes.windows(8).position(|w| w == 32u64.to_le_bytes()).unwrap();
+    let pos = bytes
+        .windows(8)
+        .position(|w| w == 32u64.to_le_bytes())
+        .unwrap();
     bytes[pos..pos + 8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
     std::fs::write(&p, &bytes).unwrap();
     assert!(GgufFile::open(&p).is_err());

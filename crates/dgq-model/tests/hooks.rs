@@ -14,7 +14,13 @@ use safetensors::tensor::Dtype;
 fn tiny_model(seed: u64) -> (Model, TinyLlama) {
     let t = TinyLlama::default();
     let dir = tempfile::tempdir().unwrap();
-    write_hf_dir(dir.path(), &t.config_json(), &t.tensors(seed), 1, Dtype::F32);
+    write_hf_dir(
+        dir.path(),
+        &t.config_json(),
+        &t.tensors(seed),
+        1,
+        Dtype::F32,
+    );
     (Model::from_hf_dir(dir.path()).unwrap(), t)
 }
 
@@ -22,7 +28,10 @@ const TOKENS: [u32; 7] = [4, 8, 15, 16, 23, 2, 9];
 
 fn max_abs(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
     assert_eq!(a.dim(), b.dim());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -63,16 +72,25 @@ fn capture_reports_every_linear_input() {
     assert_eq!(seen[3].1.dim(), (TOKENS.len(), t.heads * t.hd)); // O reads the attention context
     assert_eq!(seen[4].1, seen[5].1); // gate and up share their input
     assert_eq!(seen[6].1.dim(), (TOKENS.len(), t.ff)); // down reads silu(gate)·up
-    // Feeding the captured inputs to the linears reproduces the layer's own computation:
-    // the down projection of the captured MLP hidden plus the residual is the layer output.
-    let down = layer.linear(LinearSlot::Down).unwrap().forward(seen[6].1.view()).unwrap();
-    let o = layer.linear(LinearSlot::O).unwrap().forward(seen[3].1.view()).unwrap();
+                                                       // Feeding the captured inputs to the linears reproduces the layer's own computation:
+                                                       // the down projection of the captured MLP hidden plus the residual is the layer output.
+    let down = layer
+        .linear(LinearSlot::Down)
+        .unwrap()
+        .forward(seen[6].1.view())
+        .unwrap();
+    let o = layer
+        .linear(LinearSlot::O)
+        .unwrap()
+        .forward(seen[3].1.view())
+        .unwrap();
     let expect = &h + &o + &down;
     assert!(max_abs(&expect, &out) < 1e-5);
 
     // The model-level hook sees every layer.
     let mut count = vec![0usize; m.layers.len()];
-    m.forward_capture(&TOKENS, &mut |i, _, _| count[i] += 1).unwrap();
+    m.forward_capture(&TOKENS, &mut |i, _, _| count[i] += 1)
+        .unwrap();
     assert_eq!(count, vec![7; m.layers.len()]);
 }
 
@@ -103,14 +121,23 @@ impl LinearOp for Counting {
 fn replaced_linears_are_used() {
     let (mut m, _) = tiny_model(23);
     let before = m.forward(&TOKENS).unwrap();
-    let down1 = m.layers[1].linear(LinearSlot::Down).unwrap().as_float().unwrap().clone();
+    let down1 = m.layers[1]
+        .linear(LinearSlot::Down)
+        .unwrap()
+        .as_float()
+        .unwrap()
+        .clone();
     let calls = Arc::new(AtomicUsize::new(0));
     for l in m.layers.iter_mut() {
         for &slot in l.slots() {
             let lin = l.linear_mut(slot).unwrap();
             let f = lin.as_float().unwrap().clone();
             let old = lin
-                .replace(Box::new(Counting { inner: f, calls: calls.clone(), scale: 1.0 }))
+                .replace(Box::new(Counting {
+                    inner: f,
+                    calls: calls.clone(),
+                    scale: 1.0,
+                }))
                 .unwrap();
             assert!(matches!(old, Linear::Float(_)));
             assert!(lin.as_float().is_none());
@@ -124,12 +151,19 @@ fn replaced_linears_are_used() {
     m.layers[1]
         .linear_mut(LinearSlot::Down)
         .unwrap()
-        .replace(Box::new(Counting { inner: down1, calls: calls.clone(), scale: 0.5 }))
+        .replace(Box::new(Counting {
+            inner: down1,
+            calls: calls.clone(),
+            scale: 0.5,
+        }))
         .unwrap();
     assert!(max_abs(&before, &m.forward(&TOKENS).unwrap()) > 1e-3);
     // Wrong shapes are refused.
     let bad = FloatLinear::new(Array2::zeros((3, 5)), None).unwrap();
-    let r = m.layers[0].linear_mut(LinearSlot::Q).unwrap().replace(Box::new(bad));
+    let r = m.layers[0]
+        .linear_mut(LinearSlot::Q)
+        .unwrap()
+        .replace(Box::new(bad));
     assert!(matches!(r, Err(dgq_model::Error::Shape { .. })));
 }
 
@@ -139,7 +173,10 @@ fn smoothing_fold_into_norm_preserves_the_function() {
     let before = m.forward(&TOKENS).unwrap();
     for l in m.layers.iter_mut() {
         for (norm, slots) in [
-            (NormSlot::Attn, [LinearSlot::Q, LinearSlot::K, LinearSlot::V].as_slice()),
+            (
+                NormSlot::Attn,
+                [LinearSlot::Q, LinearSlot::K, LinearSlot::V].as_slice(),
+            ),
             (NormSlot::Mlp, [LinearSlot::Gate, LinearSlot::Up].as_slice()),
         ] {
             let k = Array1::from_shape_fn(t.d, |j| 0.5 + (j % 4) as f32);
@@ -152,18 +189,35 @@ fn smoothing_fold_into_norm_preserves_the_function() {
         }
     }
     let after = m.forward(&TOKENS).unwrap();
-    assert!(max_abs(&before, &after) < 1e-4, "{}", max_abs(&before, &after));
+    assert!(
+        max_abs(&before, &after) < 1e-4,
+        "{}",
+        max_abs(&before, &after)
+    );
 }
 
 #[test]
 fn bad_layer_inputs_are_errors() {
     let (m, _) = tiny_model(25);
     let l = &m.layers[0];
-    assert!(matches!(l.forward(Array2::zeros((2, 3)).view(), 0), Err(dgq_model::Error::Shape { .. })));
+    assert!(matches!(
+        l.forward(Array2::zeros((2, 3)).view(), 0),
+        Err(dgq_model::Error::Shape { .. })
+    ));
     let mut x = Array2::zeros((2, 16));
     x[[1, 3]] = f32::NAN;
-    assert!(matches!(l.forward(x.view(), 0), Err(dgq_model::Error::NonFinite { .. })));
-    assert!(matches!(m.forward(&[1, 400]), Err(dgq_model::Error::TokenOutOfRange { token: 400, position: 1, .. })));
+    assert!(matches!(
+        l.forward(x.view(), 0),
+        Err(dgq_model::Error::NonFinite { .. })
+    ));
+    assert!(matches!(
+        m.forward(&[1, 400]),
+        Err(dgq_model::Error::TokenOutOfRange {
+            token: 400,
+            position: 1,
+            ..
+        })
+    ));
     // Zero tokens are fine and give zero rows.
     assert_eq!(m.forward(&[]).unwrap().dim(), (0, 40));
 }

@@ -30,9 +30,16 @@ fn hf_single_file_f32_matches_naive() {
     write_hf_dir(dir.path(), &t.config_json(), &w, 1, Dtype::F32);
     let m = Model::from_hf_dir(dir.path()).unwrap();
     assert_eq!(m.load_info.format, SourceFormat::HfSafetensors);
-    assert!(m.load_info.unused_tensors.is_empty(), "{:?}", m.load_info.unused_tensors);
+    assert!(
+        m.load_info.unused_tensors.is_empty(),
+        "{:?}",
+        m.load_info.unused_tensors
+    );
     assert_eq!(m.load_info.tensor_types.get("F32"), Some(&w.len()));
-    assert_eq!((m.config.num_heads, m.config.num_kv_heads, m.config.head_dim), (4, 2, 4));
+    assert_eq!(
+        (m.config.num_heads, m.config.num_kv_heads, m.config.head_dim),
+        (4, 2, 4)
+    );
     let d = max_diff(&m.forward(&TOKENS).unwrap(), &t.naive_forward(&w, &TOKENS));
     assert!(d < 1e-4, "max |Δlogit| {d}");
 }
@@ -52,7 +59,11 @@ fn hf_sharded_half_precision_qwen2_biases_tied_head() {
         assert!(dir.path().join("model.safetensors.index.json").is_file());
         let m = Model::from_hf_dir(dir.path()).unwrap();
         assert!(m.lm_head.is_none() && m.config.qkv_bias && m.config.model_type == "qwen2");
-        assert!(m.load_info.unused_tensors.is_empty(), "{:?}", m.load_info.unused_tensors);
+        assert!(
+            m.load_info.unused_tensors.is_empty(),
+            "{:?}",
+            m.load_info.unused_tensors
+        );
         let expect = t.naive_forward(&round_to(&w, dtype), &TOKENS);
         let d = max_diff(&m.forward(&TOKENS).unwrap(), &expect);
         assert!(d < 1e-4, "{dtype:?}: max |Δlogit| {d}");
@@ -65,7 +76,9 @@ fn interleaved_rope_on_permuted_weights_equals_half_split() {
     // half-split rotary R_half into the interleaved one: R_inter(P·q) = P·R_half(q).
     let (heads, hd) = (3, 8);
     let mut r = rng(5);
-    let q: Vec<f64> = (0..heads * hd).map(|_| rand::Rng::random_range(&mut r, -1.0..1.0)).collect();
+    let q: Vec<f64> = (0..heads * hd)
+        .map(|_| rand::Rng::random_range(&mut r, -1.0..1.0))
+        .collect();
     for pos in [0usize, 1, 7, 300] {
         let mut a = permute_vec(&q, heads, hd);
         rope_interleaved(&mut a, hd, pos, 10000.0);
@@ -135,19 +148,59 @@ fn tiny_gguf(t: &TinyLlama, w: &Tensors, f16_linears: bool, tokenizer: bool) -> 
             data: if quant { f16_bytes(&v) } else { f32_bytes(&v) },
         });
     };
-    push("token_embd.weight".into(), "model.embed_tokens.weight", None);
+    push(
+        "token_embd.weight".into(),
+        "model.embed_tokens.weight",
+        None,
+    );
     for i in 0..t.layers {
         let p = format!("model.layers.{i}.");
         let b = format!("blk.{i}.");
-        push(format!("{b}attn_norm.weight"), &format!("{p}input_layernorm.weight"), None);
-        push(format!("{b}ffn_norm.weight"), &format!("{p}post_attention_layernorm.weight"), None);
-        push(format!("{b}attn_q.weight"), &format!("{p}self_attn.q_proj.weight"), Some(t.heads));
-        push(format!("{b}attn_k.weight"), &format!("{p}self_attn.k_proj.weight"), Some(t.kv_heads));
-        push(format!("{b}attn_v.weight"), &format!("{p}self_attn.v_proj.weight"), None);
-        push(format!("{b}attn_output.weight"), &format!("{p}self_attn.o_proj.weight"), None);
-        push(format!("{b}ffn_gate.weight"), &format!("{p}mlp.gate_proj.weight"), None);
-        push(format!("{b}ffn_up.weight"), &format!("{p}mlp.up_proj.weight"), None);
-        push(format!("{b}ffn_down.weight"), &format!("{p}mlp.down_proj.weight"), None);
+        push(
+            format!("{b}attn_norm.weight"),
+            &format!("{p}input_layernorm.weight"),
+            None,
+        );
+        push(
+            format!("{b}ffn_norm.weight"),
+            &format!("{p}post_attention_layernorm.weight"),
+            None,
+        );
+        push(
+            format!("{b}attn_q.weight"),
+            &format!("{p}self_attn.q_proj.weight"),
+            Some(t.heads),
+        );
+        push(
+            format!("{b}attn_k.weight"),
+            &format!("{p}self_attn.k_proj.weight"),
+            Some(t.kv_heads),
+        );
+        push(
+            format!("{b}attn_v.weight"),
+            &format!("{p}self_attn.v_proj.weight"),
+            None,
+        );
+        push(
+            format!("{b}attn_output.weight"),
+            &format!("{p}self_attn.o_proj.weight"),
+            None,
+        );
+        push(
+            format!("{b}ffn_gate.weight"),
+            &format!("{p}mlp.gate_proj.weight"),
+            None,
+        );
+        push(
+            format!("{b}ffn_up.weight"),
+            &format!("{p}mlp.up_proj.weight"),
+            None,
+        );
+        push(
+            format!("{b}ffn_down.weight"),
+            &format!("{p}mlp.down_proj.weight"),
+            None,
+        );
     }
     push("output_norm.weight".into(), "model.norm.weight", None);
     if !t.tied {
@@ -159,9 +212,15 @@ fn tiny_gguf(t: &TinyLlama, w: &Tensors, f16_linears: bool, tokenizer: bool) -> 
         ("llama.embedding_length", GgufValue::U32(t.d as u32)),
         ("llama.feed_forward_length", GgufValue::U32(t.ff as u32)),
         ("llama.attention.head_count", GgufValue::U32(t.heads as u32)),
-        ("llama.attention.head_count_kv", GgufValue::U32(t.kv_heads as u32)),
+        (
+            "llama.attention.head_count_kv",
+            GgufValue::U32(t.kv_heads as u32),
+        ),
         ("llama.rope.freq_base", GgufValue::F32(t.theta as f32)),
-        ("llama.attention.layer_norm_rms_epsilon", GgufValue::F32(t.eps as f32)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            GgufValue::F32(t.eps as f32),
+        ),
         ("llama.context_length", GgufValue::U32(64)),
         ("llama.rope.dimension_count", GgufValue::U32(t.hd as u32)),
     ];
@@ -189,7 +248,10 @@ fn tiny_gguf(t: &TinyLlama, w: &Tensors, f16_linears: bool, tokenizer: bool) -> 
 #[test]
 fn gguf_with_permuted_qk_matches_hf_checkpoint() {
     for tied in [false, true] {
-        let t = TinyLlama { tied, ..TinyLlama::default() };
+        let t = TinyLlama {
+            tied,
+            ..TinyLlama::default()
+        };
         let w = t.tensors(3);
         let dir = tempfile::tempdir().unwrap();
         write_hf_dir(dir.path(), &t.config_json(), &w, 1, Dtype::F32);
@@ -201,7 +263,11 @@ fn gguf_with_permuted_qk_matches_hf_checkpoint() {
         assert!(gg.load_info.unused_tensors.is_empty());
         assert_eq!(gg.config.tie_word_embeddings, tied);
         let (a, b) = (hf.forward(&TOKENS).unwrap(), gg.forward(&TOKENS).unwrap());
-        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
         assert!(d < 1e-6, "HF vs GGUF logits differ by {d}");
         // Against the naive reference too (so neither path can be wrong in the same way).
         let dn = max_diff(&b, &t.naive_forward(&w, &TOKENS));
@@ -235,7 +301,11 @@ fn gguf_without_unpermute_would_be_wrong() {
     let mb = Model::from_gguf(&b).unwrap();
     assert_eq!(mb.config.model_type, "qwen2");
     let (la, lb) = (ma.forward(&TOKENS).unwrap(), mb.forward(&TOKENS).unwrap());
-    let d = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let d = la
+        .iter()
+        .zip(&lb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     assert!(d > 1e-2, "permutation had no effect ({d})");
 }
 
@@ -255,21 +325,37 @@ fn gguf_f16_storage_and_embedded_tokenizer() {
     let rounded: Tensors = w
         .iter()
         .map(|(n, (s, v))| {
-            let v = if s.len() == 2 { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() } else { v.clone() };
+            let v = if s.len() == 2 {
+                v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+            } else {
+                v.clone()
+            };
             (n.clone(), (s.clone(), v))
         })
         .collect();
-    let d = max_diff(&m.forward(&TOKENS).unwrap(), &t.naive_forward(&rounded, &TOKENS));
+    let d = max_diff(
+        &m.forward(&TOKENS).unwrap(),
+        &t.naive_forward(&rounded, &TOKENS),
+    );
     assert!(d < 1e-4, "f16 GGUF vs naive {d}");
 
     let tok = Tokenizer::from_gguf(&path).unwrap();
     let (tokens, _, _) = tiny_gpt2_vocab();
     let id = |s: &str| tokens.iter().position(|t| t == s).unwrap() as u32;
     // "hello world": merges build "hello" and "Ġworld"; '!' stays a byte token.
-    assert_eq!(tok.encode("hello world!").unwrap(), vec![id("hello"), id("Ġworld"), id("!")]);
+    assert_eq!(
+        tok.encode("hello world!").unwrap(),
+        vec![id("hello"), id("Ġworld"), id("!")]
+    );
     // Control tokens are matched as specials; "helo" only merges "h e" (no "he l" merge).
-    assert_eq!(tok.encode("<|im_start|>helo").unwrap(), vec![1, id("he"), id("l"), id("o")]);
-    assert_eq!(tok.decode(&[id("hello"), id("Ġworld")]).unwrap(), "hello world");
+    assert_eq!(
+        tok.encode("<|im_start|>helo").unwrap(),
+        vec![1, id("he"), id("l"), id("o")]
+    );
+    assert_eq!(
+        tok.decode(&[id("hello"), id("Ġworld")]).unwrap(),
+        "hello world"
+    );
     assert_eq!(tok.encode_for_model("hello").unwrap(), vec![1, id("hello")]);
     assert_eq!(tok.bos_token_id(), Some(1));
 }
@@ -292,41 +378,80 @@ fn gguf_quantized_blocks_dequantize_per_spec() {
         });
         expect.push((name.into(), vals));
     };
-    let blocks32 = |f: &mut dyn FnMut() -> (Vec<u8>, Vec<f32>)| -> Vec<(Vec<u8>, Vec<f32>)> { (0..16).map(|_| f()).collect() };
-    add("q4_0", GGML_Q4_0, blocks32(&mut || {
-        let q: [u8; 32] = std::array::from_fn(|_| u(16));
-        q4_0_block(0.37 + u(10) as f32 * 0.01, &q)
-    }));
-    add("q4_1", GGML_Q4_1, blocks32(&mut || {
-        let q: [u8; 32] = std::array::from_fn(|_| u(16));
-        q4_1_block(0.21, -1.5 + u(10) as f32 * 0.1, &q)
-    }));
-    add("q8_0", GGML_Q8_0, blocks32(&mut || {
-        let q: [i8; 32] = std::array::from_fn(|_| u(255) as i8);
-        q8_0_block(0.013, &q)
-    }));
-    add("q4_k", GGML_Q4_K, (0..2).map(|_| {
-        let sc: [u8; 8] = std::array::from_fn(|_| u(64));
-        let m: [u8; 8] = std::array::from_fn(|_| u(64));
-        let q: [u8; 256] = std::array::from_fn(|_| u(16));
-        q4_k_block(0.05, 0.02, &sc, &m, &q)
-    }).collect());
-    add("q6_k", GGML_Q6_K, (0..2).map(|_| {
-        let sc: [i8; 16] = std::array::from_fn(|_| u(200) as i8);
-        let q: [u8; 256] = std::array::from_fn(|_| u(64));
-        q6_k_block(0.004, &sc, &q)
-    }).collect());
+    let blocks32 = |f: &mut dyn FnMut() -> (Vec<u8>, Vec<f32>)| -> Vec<(Vec<u8>, Vec<f32>)> {
+        (0..16).map(|_| f()).collect()
+    };
+    add(
+        "q4_0",
+        GGML_Q4_0,
+        blocks32(&mut || {
+            let q: [u8; 32] = std::array::from_fn(|_| u(16));
+            q4_0_block(0.37 + u(10) as f32 * 0.01, &q)
+        }),
+    );
+    add(
+        "q4_1",
+        GGML_Q4_1,
+        blocks32(&mut || {
+            let q: [u8; 32] = std::array::from_fn(|_| u(16));
+            q4_1_block(0.21, -1.5 + u(10) as f32 * 0.1, &q)
+        }),
+    );
+    add(
+        "q8_0",
+        GGML_Q8_0,
+        blocks32(&mut || {
+            let q: [i8; 32] = std::array::from_fn(|_| u(255) as i8);
+            q8_0_block(0.013, &q)
+        }),
+    );
+    add(
+        "q4_k",
+        GGML_Q4_K,
+        (0..2)
+            .map(|_| {
+                let sc: [u8; 8] = std::array::from_fn(|_| u(64));
+                let m: [u8; 8] = std::array::from_fn(|_| u(64));
+                let q: [u8; 256] = std::array::from_fn(|_| u(16));
+                q4_k_block(0.05, 0.02, &sc, &m, &q)
+            })
+            .collect(),
+    );
+    add(
+        "q6_k",
+        GGML_Q6_K,
+        (0..2)
+            .map(|_| {
+                let sc: [i8; 16] = std::array::from_fn(|_| u(200) as i8);
+                let q: [u8; 256] = std::array::from_fn(|_| u(64));
+                q6_k_block(0.004, &sc, &q)
+            })
+            .collect(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q.gguf");
-    std::fs::write(&path, gguf_bytes(&[("general.architecture", GgufValue::Str("llama".into()))], &tensors)).unwrap();
+    std::fs::write(
+        &path,
+        gguf_bytes(
+            &[("general.architecture", GgufValue::Str("llama".into()))],
+            &tensors,
+        ),
+    )
+    .unwrap();
     let mut f = GgufFile::open(&path).unwrap();
-    assert_eq!(f.tensor_names(), vec!["q4_0", "q4_1", "q4_k", "q6_k", "q8_0"]);
+    assert_eq!(
+        f.tensor_names(),
+        vec!["q4_0", "q4_1", "q4_k", "q6_k", "q8_0"]
+    );
     for (name, vals) in &expect {
         assert_eq!(f.tensor_shape(name), Some(vec![2, 256]));
         let got = f.read_tensor(name).unwrap();
         assert_eq!(got.shape(), &[2, 256]);
         for (i, (g, e)) in got.iter().zip(vals).enumerate() {
-            assert!((g - e).abs() <= 1e-6 * e.abs().max(1.0), "{name}[{i}]: got {g}, spec says {e}");
+            assert!(
+                (g - e).abs() <= 1e-6 * e.abs().max(1.0),
+                "{name}[{i}]: got {g}, spec says {e}"
+            );
         }
     }
     assert_eq!(f.tensor_type("q4_k").as_deref(), Some("Q4K"));

@@ -13,9 +13,19 @@ fn check(t: &TinyOpt, seed: u64, dtype: Dtype) -> Model {
     let dir = tempfile::tempdir().unwrap();
     write_hf_dir(dir.path(), &t.config_json(), &w, 1, dtype);
     let m = Model::from_hf_dir(dir.path()).unwrap();
-    assert!(m.load_info.unused_tensors.is_empty(), "unmapped: {:?}", m.load_info.unused_tensors);
-    assert_eq!(m.load_info.tensor_types.values().sum::<usize>(), w.len(), "every tensor used");
-    let tokens: Vec<u32> = (0..t.max_pos as u32).map(|i| (i * 7 + 3) % t.vocab as u32).collect();
+    assert!(
+        m.load_info.unused_tensors.is_empty(),
+        "unmapped: {:?}",
+        m.load_info.unused_tensors
+    );
+    assert_eq!(
+        m.load_info.tensor_types.values().sum::<usize>(),
+        w.len(),
+        "every tensor used"
+    );
+    let tokens: Vec<u32> = (0..t.max_pos as u32)
+        .map(|i| (i * 7 + 3) % t.vocab as u32)
+        .collect();
     let ours = m.forward(&tokens).unwrap();
     let naive = t.naive_forward(&round_to(&w, dtype), &tokens);
     let mut d = 0.0f64;
@@ -62,7 +72,10 @@ fn opt_position_limit_is_an_error() {
     write_hf_dir(dir.path(), &t.config_json(), &w, 1, Dtype::F32);
     let m = Model::from_hf_dir(dir.path()).unwrap();
     let tokens = vec![1u32; t.max_pos + 1];
-    assert!(matches!(m.forward(&tokens), Err(dgq_model::Error::TooLong { .. })));
+    assert!(matches!(
+        m.forward(&tokens),
+        Err(dgq_model::Error::TooLong { .. })
+    ));
     // The KV-cache path agrees with the full forward (positions continue across calls).
     let toks: Vec<u32> = (0..10).map(|i| (i * 5 + 1) % t.vocab as u32).collect();
     let full = m.forward(&toks).unwrap();
@@ -74,7 +87,12 @@ fn opt_position_limit_is_an_error() {
         .into_iter()
         .chain(b.rows())
         .zip(full.rows())
-        .flat_map(|(x, y)| x.iter().zip(y.iter()).map(|(p, q)| (p - q).abs()).collect::<Vec<_>>())
+        .flat_map(|(x, y)| {
+            x.iter()
+                .zip(y.iter())
+                .map(|(p, q)| (p - q).abs())
+                .collect::<Vec<_>>()
+        })
         .fold(0.0f32, f32::max);
     assert!(d < 1e-5, "cached vs full {d}");
 }

@@ -71,13 +71,20 @@ fn config_and_mapping() {
     let _ = need_model!();
     let m = model().unwrap();
     let c = &m.config;
-    assert_eq!((c.num_layers, c.hidden_size, c.intermediate_size), (30, 576, 1536));
+    assert_eq!(
+        (c.num_layers, c.hidden_size, c.intermediate_size),
+        (30, 576, 1536)
+    );
     assert_eq!((c.num_heads, c.num_kv_heads, c.head_dim), (9, 3, 64));
     assert_eq!(c.rope_theta, 100000.0);
     assert!(c.tie_word_embeddings && m.lm_head.is_none());
     assert_eq!(m.vocab_size(), 49152);
     assert_eq!(m.load_info.format, SourceFormat::Gguf);
-    assert!(m.load_info.unused_tensors.is_empty(), "{:?}", m.load_info.unused_tensors);
+    assert!(
+        m.load_info.unused_tensors.is_empty(),
+        "{:?}",
+        m.load_info.unused_tensors
+    );
     assert_eq!(m.load_info.tensor_types.get("Q4_1"), Some(&210));
     assert_eq!(m.load_info.tensor_types.get("Q8_0"), Some(&1));
 }
@@ -95,7 +102,10 @@ fn tokenizer_matches_independent_bpe() {
     assert_eq!(tok.eos_token_id(), Some(2));
     assert_eq!(tok.token_to_id("<|im_start|>"), Some(1));
     // add_bos_token is false in this GGUF.
-    assert_eq!(tok.encode_for_model("Hello").unwrap(), tok.encode("Hello").unwrap());
+    assert_eq!(
+        tok.encode_for_model("Hello").unwrap(),
+        tok.encode("Hello").unwrap()
+    );
 }
 
 #[test]
@@ -111,7 +121,12 @@ fn logits_match_numpy_reference() {
         let row = logits.row(p);
         // Compare log-probabilities (logit − logsumexp) and raw logits on a spread of ids.
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        let lse = max
+            + row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
         max_abs = max_abs.max((lse - pos.logsumexp).abs());
         for (&id, &l) in pos.top_ids.iter().zip(&pos.top_logits) {
             max_abs = max_abs.max((row[id] as f64 - l).abs());
@@ -122,13 +137,19 @@ fn logits_match_numpy_reference() {
         let ours = row
             .iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
             .0;
         if ours == pos.top_ids[0] {
             top1_agree += 1;
         }
     }
-    eprintln!("max |Δlogit| vs numpy f64 reference: {max_abs:.3e}, top-1 agreement {top1_agree}/{}", r.positions.len());
+    eprintln!(
+        "max |Δlogit| vs numpy f64 reference: {max_abs:.3e}, top-1 agreement {top1_agree}/{}",
+        r.positions.len()
+    );
     // f32 over 30 layers vs float64, same dequantized weights: 7.3e-5 seen; logits are O(10).
     assert!(max_abs < 1e-3, "max abs logit difference {max_abs}");
     assert_eq!(top1_agree, r.positions.len());

@@ -18,7 +18,9 @@ pub fn rng(seed: u64) -> ChaCha8Rng {
 }
 
 fn rand_vec(r: &mut ChaCha8Rng, n: usize, center: f32, spread: f32) -> Vec<f32> {
-    (0..n).map(|_| center + r.random_range(-spread..spread)).collect()
+    (0..n)
+        .map(|_| center + r.random_range(-spread..spread))
+        .collect()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -84,32 +86,122 @@ impl TinyLlama {
     pub fn tensors(&self, seed: u64) -> Tensors {
         let mut r = rng(seed);
         let mut t = Tensors::new();
-        let (d, ff, qd, kvd) = (self.d, self.ff, self.heads * self.hd, self.kv_heads * self.hd);
-        let mut put = |t: &mut Tensors, name: String, shape: Vec<usize>, center: f32, spread: f32| {
-            let n = shape.iter().product();
-            t.insert(name, (shape, rand_vec(&mut r, n, center, spread)));
-        };
-        put(&mut t, "model.embed_tokens.weight".into(), vec![self.vocab, d], 0.0, 1.0);
+        let (d, ff, qd, kvd) = (
+            self.d,
+            self.ff,
+            self.heads * self.hd,
+            self.kv_heads * self.hd,
+        );
+        let mut put =
+            |t: &mut Tensors, name: String, shape: Vec<usize>, center: f32, spread: f32| {
+                let n = shape.iter().product();
+                t.insert(name, (shape, rand_vec(&mut r, n, center, spread)));
+            };
+        put(
+            &mut t,
+            "model.embed_tokens.weight".into(),
+            vec![self.vocab, d],
+            0.0,
+            1.0,
+        );
         for i in 0..self.layers {
             let p = format!("model.layers.{i}.");
-            put(&mut t, format!("{p}input_layernorm.weight"), vec![d], 1.0, 0.3);
-            put(&mut t, format!("{p}post_attention_layernorm.weight"), vec![d], 1.0, 0.3);
-            put(&mut t, format!("{p}self_attn.q_proj.weight"), vec![qd, d], 0.0, 0.5);
-            put(&mut t, format!("{p}self_attn.k_proj.weight"), vec![kvd, d], 0.0, 0.5);
-            put(&mut t, format!("{p}self_attn.v_proj.weight"), vec![kvd, d], 0.0, 0.5);
+            put(
+                &mut t,
+                format!("{p}input_layernorm.weight"),
+                vec![d],
+                1.0,
+                0.3,
+            );
+            put(
+                &mut t,
+                format!("{p}post_attention_layernorm.weight"),
+                vec![d],
+                1.0,
+                0.3,
+            );
+            put(
+                &mut t,
+                format!("{p}self_attn.q_proj.weight"),
+                vec![qd, d],
+                0.0,
+                0.5,
+            );
+            put(
+                &mut t,
+                format!("{p}self_attn.k_proj.weight"),
+                vec![kvd, d],
+                0.0,
+                0.5,
+            );
+            put(
+                &mut t,
+                format!("{p}self_attn.v_proj.weight"),
+                vec![kvd, d],
+                0.0,
+                0.5,
+            );
             if self.qkv_bias {
-                put(&mut t, format!("{p}self_attn.q_proj.bias"), vec![qd], 0.0, 0.5);
-                put(&mut t, format!("{p}self_attn.k_proj.bias"), vec![kvd], 0.0, 0.5);
-                put(&mut t, format!("{p}self_attn.v_proj.bias"), vec![kvd], 0.0, 0.5);
+                put(
+                    &mut t,
+                    format!("{p}self_attn.q_proj.bias"),
+                    vec![qd],
+                    0.0,
+                    0.5,
+                );
+                put(
+                    &mut t,
+                    format!("{p}self_attn.k_proj.bias"),
+                    vec![kvd],
+                    0.0,
+                    0.5,
+                );
+                put(
+                    &mut t,
+                    format!("{p}self_attn.v_proj.bias"),
+                    vec![kvd],
+                    0.0,
+                    0.5,
+                );
             }
-            put(&mut t, format!("{p}self_attn.o_proj.weight"), vec![d, qd], 0.0, 0.5);
-            put(&mut t, format!("{p}mlp.gate_proj.weight"), vec![ff, d], 0.0, 0.5);
-            put(&mut t, format!("{p}mlp.up_proj.weight"), vec![ff, d], 0.0, 0.5);
-            put(&mut t, format!("{p}mlp.down_proj.weight"), vec![d, ff], 0.0, 0.5);
+            put(
+                &mut t,
+                format!("{p}self_attn.o_proj.weight"),
+                vec![d, qd],
+                0.0,
+                0.5,
+            );
+            put(
+                &mut t,
+                format!("{p}mlp.gate_proj.weight"),
+                vec![ff, d],
+                0.0,
+                0.5,
+            );
+            put(
+                &mut t,
+                format!("{p}mlp.up_proj.weight"),
+                vec![ff, d],
+                0.0,
+                0.5,
+            );
+            put(
+                &mut t,
+                format!("{p}mlp.down_proj.weight"),
+                vec![d, ff],
+                0.0,
+                0.5,
+            );
         }
         put(&mut t, "model.norm.weight".into(), vec![d], 1.0, 0.3);
         if !self.tied {
-            put(&mut t, "lm_head.weight".into(), vec![self.vocab, d], 0.0, 0.5);
+            put(
+                &mut t,
+                "lm_head.weight".into(),
+                vec![self.vocab, d],
+                0.0,
+                0.5,
+            );
         }
         t
     }
@@ -119,14 +211,32 @@ impl TinyLlama {
         let g = |n: &str| -> Vec<f64> { w[n].1.iter().map(|&v| v as f64).collect() };
         let (d, hd) = (self.d, self.hd);
         let emb = g("model.embed_tokens.weight");
-        let mut x: Vec<Vec<f64>> = tokens.iter().map(|&t| emb[t as usize * d..(t as usize + 1) * d].to_vec()).collect();
+        let mut x: Vec<Vec<f64>> = tokens
+            .iter()
+            .map(|&t| emb[t as usize * d..(t as usize + 1) * d].to_vec())
+            .collect();
         for i in 0..self.layers {
             let p = format!("model.layers.{i}.");
-            let h: Vec<Vec<f64>> = x.iter().map(|r| rms(r, &g(&format!("{p}input_layernorm.weight")), self.eps)).collect();
+            let h: Vec<Vec<f64>> = x
+                .iter()
+                .map(|r| rms(r, &g(&format!("{p}input_layernorm.weight")), self.eps))
+                .collect();
             let bias = |n: &str| self.qkv_bias.then(|| g(&format!("{p}self_attn.{n}.bias")));
-            let mut q = linear(&h, &g(&format!("{p}self_attn.q_proj.weight")), bias("q_proj").as_deref());
-            let mut k = linear(&h, &g(&format!("{p}self_attn.k_proj.weight")), bias("k_proj").as_deref());
-            let v = linear(&h, &g(&format!("{p}self_attn.v_proj.weight")), bias("v_proj").as_deref());
+            let mut q = linear(
+                &h,
+                &g(&format!("{p}self_attn.q_proj.weight")),
+                bias("q_proj").as_deref(),
+            );
+            let mut k = linear(
+                &h,
+                &g(&format!("{p}self_attn.k_proj.weight")),
+                bias("k_proj").as_deref(),
+            );
+            let v = linear(
+                &h,
+                &g(&format!("{p}self_attn.v_proj.weight")),
+                bias("v_proj").as_deref(),
+            );
             for (pos, (qr, kr)) in q.iter_mut().zip(k.iter_mut()).enumerate() {
                 rope_half(qr, hd, pos, self.theta);
                 rope_half(kr, hd, pos, self.theta);
@@ -138,13 +248,27 @@ impl TinyLlama {
                     *a += b;
                 }
             }
-            let h: Vec<Vec<f64>> = x.iter().map(|r| rms(r, &g(&format!("{p}post_attention_layernorm.weight")), self.eps)).collect();
+            let h: Vec<Vec<f64>> = x
+                .iter()
+                .map(|r| {
+                    rms(
+                        r,
+                        &g(&format!("{p}post_attention_layernorm.weight")),
+                        self.eps,
+                    )
+                })
+                .collect();
             let gt = linear(&h, &g(&format!("{p}mlp.gate_proj.weight")), None);
             let up = linear(&h, &g(&format!("{p}mlp.up_proj.weight")), None);
             let act: Vec<Vec<f64>> = gt
                 .iter()
                 .zip(&up)
-                .map(|(a, b)| a.iter().zip(b).map(|(&a, &b)| a / (1.0 + (-a).exp()) * b).collect())
+                .map(|(a, b)| {
+                    a.iter()
+                        .zip(b)
+                        .map(|(&a, &b)| a / (1.0 + (-a).exp()) * b)
+                        .collect()
+                })
                 .collect();
             let dn = linear(&act, &g(&format!("{p}mlp.down_proj.weight")), None);
             for (xr, dr) in x.iter_mut().zip(&dn) {
@@ -153,8 +277,15 @@ impl TinyLlama {
                 }
             }
         }
-        let h: Vec<Vec<f64>> = x.iter().map(|r| rms(r, &g("model.norm.weight"), self.eps)).collect();
-        let head = if self.tied { g("model.embed_tokens.weight") } else { g("lm_head.weight") };
+        let h: Vec<Vec<f64>> = x
+            .iter()
+            .map(|r| rms(r, &g("model.norm.weight"), self.eps))
+            .collect();
+        let head = if self.tied {
+            g("model.embed_tokens.weight")
+        } else {
+            g("lm_head.weight")
+        };
         linear(&h, &head, None)
     }
 }
@@ -170,7 +301,11 @@ pub fn layer_norm(x: &[f64], w: &[f64], b: &[f64], eps: f64) -> Vec<f64> {
     let mean = x.iter().sum::<f64>() / n;
     let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
     let inv = 1.0 / (var + eps).sqrt();
-    x.iter().zip(w).zip(b).map(|((a, g), c)| (a - mean) * inv * g + c).collect()
+    x.iter()
+        .zip(w)
+        .zip(b)
+        .map(|((a, g), c)| (a - mean) * inv * g + c)
+        .collect()
 }
 
 /// y[t][n] = Σ_k x[t][k]·w[n·K + k] + b[n]
@@ -180,7 +315,13 @@ pub fn linear(x: &[Vec<f64>], w: &[f64], b: Option<&[f64]>) -> Vec<Vec<f64>> {
     x.iter()
         .map(|row| {
             (0..n)
-                .map(|j| row.iter().zip(&w[j * k..(j + 1) * k]).map(|(a, c)| a * c).sum::<f64>() + b.map_or(0.0, |b| b[j]))
+                .map(|j| {
+                    row.iter()
+                        .zip(&w[j * k..(j + 1) * k])
+                        .map(|(a, c)| a * c)
+                        .sum::<f64>()
+                        + b.map_or(0.0, |b| b[j])
+                })
                 .collect()
         })
         .collect()
@@ -212,7 +353,14 @@ pub fn rope_interleaved(x: &mut [f64], hd: usize, pos: usize, theta: f64) {
 }
 
 /// Causal GQA attention with loops; returns the concatenated heads.
-pub fn attention(q: &[Vec<f64>], k: &[Vec<f64>], v: &[Vec<f64>], heads: usize, kv_heads: usize, hd: usize) -> Vec<Vec<f64>> {
+pub fn attention(
+    q: &[Vec<f64>],
+    k: &[Vec<f64>],
+    v: &[Vec<f64>],
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+) -> Vec<Vec<f64>> {
     let t = q.len();
     let group = heads / kv_heads;
     let mut out = vec![vec![0.0; heads * hd]; t];
@@ -220,7 +368,12 @@ pub fn attention(q: &[Vec<f64>], k: &[Vec<f64>], v: &[Vec<f64>], heads: usize, k
         let kh = h / group;
         for i in 0..t {
             let scores: Vec<f64> = (0..=i)
-                .map(|j| (0..hd).map(|e| q[i][h * hd + e] * k[j][kh * hd + e]).sum::<f64>() / (hd as f64).sqrt())
+                .map(|j| {
+                    (0..hd)
+                        .map(|e| q[i][h * hd + e] * k[j][kh * hd + e])
+                        .sum::<f64>()
+                        / (hd as f64).sqrt()
+                })
                 .collect();
             let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let ex: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
@@ -291,19 +444,49 @@ impl TinyOpt {
         let mut r = rng(seed);
         let mut t = Tensors::new();
         let (d, ff, e, p) = (self.d, self.ff, self.embed_dim, self.prefix);
-        let mut put = |t: &mut Tensors, name: String, shape: Vec<usize>, center: f32, spread: f32| {
-            let n = shape.iter().product();
-            t.insert(name, (shape, rand_vec(&mut r, n, center, spread)));
-        };
-        put(&mut t, format!("{p}embed_tokens.weight"), vec![self.vocab, e], 0.0, 1.0);
-        put(&mut t, format!("{p}embed_positions.weight"), vec![self.max_pos + 2, d], 0.0, 0.5);
+        let mut put =
+            |t: &mut Tensors, name: String, shape: Vec<usize>, center: f32, spread: f32| {
+                let n = shape.iter().product();
+                t.insert(name, (shape, rand_vec(&mut r, n, center, spread)));
+            };
+        put(
+            &mut t,
+            format!("{p}embed_tokens.weight"),
+            vec![self.vocab, e],
+            0.0,
+            1.0,
+        );
+        put(
+            &mut t,
+            format!("{p}embed_positions.weight"),
+            vec![self.max_pos + 2, d],
+            0.0,
+            0.5,
+        );
         if e != d {
-            put(&mut t, format!("{p}project_in.weight"), vec![d, e], 0.0, 0.5);
-            put(&mut t, format!("{p}project_out.weight"), vec![e, d], 0.0, 0.5);
+            put(
+                &mut t,
+                format!("{p}project_in.weight"),
+                vec![d, e],
+                0.0,
+                0.5,
+            );
+            put(
+                &mut t,
+                format!("{p}project_out.weight"),
+                vec![e, d],
+                0.0,
+                0.5,
+            );
         }
         for i in 0..self.layers {
             let l = format!("{p}layers.{i}.");
-            for m in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"] {
+            for m in [
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.out_proj",
+            ] {
                 put(&mut t, format!("{l}{m}.weight"), vec![d, d], 0.0, 0.5);
                 put(&mut t, format!("{l}{m}.bias"), vec![d], 0.0, 0.3);
             }
@@ -317,8 +500,20 @@ impl TinyOpt {
             }
         }
         if self.pre_ln {
-            put(&mut t, format!("{p}final_layer_norm.weight"), vec![d], 1.0, 0.3);
-            put(&mut t, format!("{p}final_layer_norm.bias"), vec![d], 0.0, 0.3);
+            put(
+                &mut t,
+                format!("{p}final_layer_norm.weight"),
+                vec![d],
+                1.0,
+                0.3,
+            );
+            put(
+                &mut t,
+                format!("{p}final_layer_norm.bias"),
+                vec![d],
+                0.0,
+                0.3,
+            );
         }
         t
     }
@@ -330,7 +525,10 @@ impl TinyOpt {
         let hd = d / self.heads;
         let eps = 1e-5;
         let emb = g(&format!("{p}embed_tokens.weight"));
-        let mut x: Vec<Vec<f64>> = tokens.iter().map(|&t| emb[t as usize * e..(t as usize + 1) * e].to_vec()).collect();
+        let mut x: Vec<Vec<f64>> = tokens
+            .iter()
+            .map(|&t| emb[t as usize * e..(t as usize + 1) * e].to_vec())
+            .collect();
         if e != d {
             x = linear(&x, &g(&format!("{p}project_in.weight")), None);
         }
@@ -353,8 +551,18 @@ impl TinyOpt {
         };
         for i in 0..self.layers {
             let l = format!("{p}layers.{i}.");
-            let lin = |x: &[Vec<f64>], m: &str| linear(x, &g(&format!("{l}{m}.weight")), Some(&g(&format!("{l}{m}.bias"))));
-            let h = if self.pre_ln { ln(&x, &format!("{l}self_attn_layer_norm")) } else { x.clone() };
+            let lin = |x: &[Vec<f64>], m: &str| {
+                linear(
+                    x,
+                    &g(&format!("{l}{m}.weight")),
+                    Some(&g(&format!("{l}{m}.bias"))),
+                )
+            };
+            let h = if self.pre_ln {
+                ln(&x, &format!("{l}self_attn_layer_norm"))
+            } else {
+                x.clone()
+            };
             // HF scales q (after its bias) by head_dim^-0.5; `attention` scales the scores instead.
             let q = lin(&h, "self_attn.q_proj");
             let k = lin(&h, "self_attn.k_proj");
@@ -364,7 +572,11 @@ impl TinyOpt {
             if !self.pre_ln {
                 x = ln(&x, &format!("{l}self_attn_layer_norm"));
             }
-            let h = if self.pre_ln { ln(&x, &format!("{l}final_layer_norm")) } else { x.clone() };
+            let h = if self.pre_ln {
+                ln(&x, &format!("{l}final_layer_norm"))
+            } else {
+                x.clone()
+            };
             let mut f = lin(&h, "fc1");
             for r in f.iter_mut() {
                 for v in r.iter_mut() {
@@ -396,8 +608,14 @@ pub fn write_safetensors(path: &Path, tensors: &Tensors, dtype: Dtype) {
         .map(|(n, (s, v))| {
             let b: Vec<u8> = match dtype {
                 Dtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
-                Dtype::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+                Dtype::F16 => v
+                    .iter()
+                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                    .collect(),
+                Dtype::BF16 => v
+                    .iter()
+                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                    .collect(),
                 other => panic!("test writer does not do {other:?}"),
             };
             (n.clone(), s.clone(), b)
@@ -430,8 +648,18 @@ pub fn round_to(tensors: &Tensors, dtype: Dtype) -> Tensors {
 }
 
 /// Writes `config.json` and the tensors, in one file or `shards` files with an index.
-pub fn write_hf_dir(dir: &Path, config: &serde_json::Value, tensors: &Tensors, shards: usize, dtype: Dtype) {
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(config).unwrap()).unwrap();
+pub fn write_hf_dir(
+    dir: &Path,
+    config: &serde_json::Value,
+    tensors: &Tensors,
+    shards: usize,
+    dtype: Dtype,
+) {
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(config).unwrap(),
+    )
+    .unwrap();
     if shards <= 1 {
         write_safetensors(&dir.join("model.safetensors"), tensors, dtype);
         return;
@@ -449,7 +677,11 @@ pub fn write_hf_dir(dir: &Path, config: &serde_json::Value, tensors: &Tensors, s
         }
     }
     let index = serde_json::json!({ "metadata": {}, "weight_map": map });
-    std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_string(&index).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::to_string(&index).unwrap(),
+    )
+    .unwrap();
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -553,7 +785,9 @@ pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 pub fn f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()
+    v.iter()
+        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+        .collect()
 }
 
 // Block encoders, from the ggml block layouts. Each takes integer codes and scales chosen by the
@@ -591,7 +825,13 @@ pub fn q8_0_block(d: f32, q: &[i8; 32]) -> (Vec<u8>, Vec<f32>) {
 /// Q4_K: 256 values in 8 sub-blocks of 32, value `d·sc[j]·q − dmin·m[j]` with 6-bit sc, m and
 /// 4-bit q. Scales packed in 12 bytes; qs: chunk c (64 values) low nibbles = values 64c..64c+32,
 /// high nibbles = values 64c+32..64c+64.
-pub fn q4_k_block(d: f32, dmin: f32, sc: &[u8; 8], m: &[u8; 8], q: &[u8; 256]) -> (Vec<u8>, Vec<f32>) {
+pub fn q4_k_block(
+    d: f32,
+    dmin: f32,
+    sc: &[u8; 8],
+    m: &[u8; 8],
+    q: &[u8; 256],
+) -> (Vec<u8>, Vec<f32>) {
     let mut b = h(d).to_vec();
     b.extend(h(dmin));
     let mut s = [0u8; 12];
@@ -633,7 +873,9 @@ pub fn q6_k_block(d: f32, sc: &[i8; 16], q: &[u8; 256]) -> (Vec<u8>, Vec<f32>) {
     b.extend(qh);
     b.extend(sc.iter().map(|&x| x as u8));
     b.extend(h(d));
-    let vals = (0..256).map(|i| hf(d) * sc[i / 16] as f32 * (q[i] as f32 - 32.0)).collect();
+    let vals = (0..256)
+        .map(|i| hf(d) * sc[i / 16] as f32 * (q[i] as f32 - 32.0))
+        .collect();
     (b, vals)
 }
 
@@ -645,12 +887,18 @@ pub fn tiny_gpt2_vocab() -> (Vec<String>, Vec<String>, Vec<i32>) {
         tokens.push(c.to_string());
     }
     tokens.push("Ġ".into());
-    let merges = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d"];
+    let merges = [
+        "h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d",
+    ];
     for m in merges {
         tokens.push(m.replace(' ', ""));
     }
     let mut types = vec![1i32; tokens.len()];
     types[0] = 3;
     types[1] = 3;
-    (tokens, merges.iter().map(|s| s.to_string()).collect(), types)
+    (
+        tokens,
+        merges.iter().map(|s| s.to_string()).collect(),
+        types,
+    )
 }

@@ -265,17 +265,16 @@ impl DecoderLayer {
         let v = self.v_proj.forward(x.view())?;
         drop(x);
         let spec = &self.attn;
-        if q.ncols() != spec.num_heads * spec.head_dim
-            || k.ncols() != spec.num_kv_heads * spec.head_dim
-        {
+        // The fields are public, so a caller may have installed projections of other widths.
+        let (qd, kvd) = (
+            spec.num_heads * spec.head_dim,
+            spec.num_kv_heads * spec.head_dim,
+        );
+        if q.ncols() != qd || k.ncols() != kvd || v.ncols() != kvd {
             return Err(Error::shape(
-                format!("layer {} q/k widths", self.index),
-                format!(
-                    "{} / {}",
-                    spec.num_heads * spec.head_dim,
-                    spec.num_kv_heads * spec.head_dim
-                ),
-                format!("{} / {}", q.ncols(), k.ncols()),
+                format!("layer {} q/k/v widths", self.index),
+                format!("{qd} / {kvd} / {kvd}"),
+                format!("{} / {} / {}", q.ncols(), k.ncols(), v.ncols()),
             ));
         }
         if let Some(rope) = &spec.rope {
@@ -300,6 +299,7 @@ impl DecoderLayer {
         drop(q);
         capture(LinearSlot::O, ctx.view());
         let a = self.o_proj.forward(ctx.view())?;
+        check_residual(self.index, "attention output", &a, hidden)?;
         let mut h = &hidden + &a;
         if !self.norm_before {
             h = self.attn_norm.forward(h.view())?;
@@ -336,12 +336,25 @@ impl DecoderLayer {
                 fc2.forward(f.view())?
             }
         };
+        check_residual(self.index, "MLP output", &m, h.view())?;
         h += &m;
         if !self.norm_before {
             h = self.mlp_norm.forward(h.view())?;
         }
         Ok(h)
     }
+}
+
+/// A sublayer output must match the residual stream it is added to (no broadcasting).
+fn check_residual(layer: usize, what: &str, y: &Array2<f32>, h: ArrayView2<f32>) -> Result<()> {
+    if y.dim() != h.dim() {
+        return Err(Error::shape(
+            format!("layer {layer} {what}"),
+            format!("{:?}", h.dim()),
+            format!("{:?}", y.dim()),
+        ));
+    }
+    Ok(())
 }
 
 /// Causal multi-head attention with GQA. `q[T, H·hd]` for positions `past..past+T`,

@@ -45,12 +45,12 @@ impl Tokenizer {
     pub fn load(path: &Path) -> Result<Self> {
         if path.is_dir() {
             let mut t = Self::from_json_file(&path.join("tokenizer.json"))?;
-            // Special ids from config.json when the directory has one.
+            // config.json's special ids take precedence over the name-based guess.
             let cfg = path.join("config.json");
             if cfg.is_file() {
                 if let Ok(c) = crate::config::ModelConfig::from_hf_json_file(&cfg) {
-                    t.bos = t.bos.or(c.bos_token_id);
-                    t.eos = t.eos.or(c.eos_token_id);
+                    t.bos = c.bos_token_id.or(t.bos);
+                    t.eos = c.eos_token_id.or(t.eos);
                 }
             }
             Ok(t)
@@ -74,7 +74,9 @@ impl Tokenizer {
         Ok(Self::from_inner(inner))
     }
 
-    /// Wraps an already-built `tokenizers::Tokenizer`.
+    /// Wraps an already-built `tokenizers::Tokenizer`. BOS/EOS ids are guessed from common token
+    /// names (`<s>`, `<|endoftext|>`...); [`load`](Self::load) on a model directory prefers the
+    /// ids in its `config.json`.
     pub fn from_inner(inner: tokenizers::Tokenizer) -> Self {
         let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
         let bos = find(&["<|begin_of_text|>", "<s>", "<|startoftext|>"]);

@@ -218,6 +218,18 @@ fn bad_layer_inputs_are_errors() {
             ..
         })
     ));
+    // Public fields allow installing a projection of the wrong width: an error, not a panic.
+    let (mut m2, t) = tiny_model(26);
+    m2.layers[1].o_proj = Linear::float(Array2::zeros((5, t.heads * t.hd)), None).unwrap();
+    assert!(matches!(
+        m2.forward(&TOKENS),
+        Err(dgq_model::Error::Shape { .. })
+    ));
+    m2.layers[0].v_proj = Linear::float(Array2::zeros((3, t.d)), None).unwrap();
+    assert!(matches!(
+        m2.forward(&TOKENS),
+        Err(dgq_model::Error::Shape { .. })
+    ));
     // Zero tokens are fine and give zero rows.
     assert_eq!(m.forward(&[]).unwrap().dim(), (0, 40));
 }

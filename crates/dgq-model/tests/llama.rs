@@ -358,6 +358,28 @@ fn gguf_f16_storage_and_embedded_tokenizer() {
     );
     assert_eq!(tok.encode_for_model("hello").unwrap(), vec![1, id("hello")]);
     assert_eq!(tok.bos_token_id(), Some(1));
+
+    // The same tokenizer through a tokenizer.json in a model directory; config.json's special
+    // ids (bos 1, eos 2) win over the name-based guess (<|endoftext|> = 0).
+    let hf = tempfile::tempdir().unwrap();
+    write_hf_dir(hf.path(), &t.config_json(), &w, 1, Dtype::F32);
+    tok.inner()
+        .save(hf.path().join("tokenizer.json"), false)
+        .unwrap();
+    let tj = Tokenizer::load(hf.path()).unwrap();
+    assert_eq!(
+        tj.encode("hello world!").unwrap(),
+        tok.encode("hello world!").unwrap()
+    );
+    assert_eq!(
+        tj.encode("<|im_start|>helo").unwrap(),
+        tok.encode("<|im_start|>helo").unwrap()
+    );
+    assert_eq!((tj.bos_token_id(), tj.eos_token_id()), (Some(1), Some(2)));
+    assert!(matches!(
+        Tokenizer::from_json_file(&hf.path().join("config.json")),
+        Err(dgq_model::Error::Tokenizer(_))
+    ));
 }
 
 #[test]

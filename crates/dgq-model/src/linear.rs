@@ -7,7 +7,7 @@
 
 use std::fmt::Debug;
 
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use crate::error::{Error, Result};
 use crate::ops::{self, Par};
@@ -61,6 +61,37 @@ impl FloatLinear {
             bias,
         })
     }
+
+    /// Multiplies input channel (column) j of the weight by `k[j]`: the other half of a
+    /// smoothing fold whose divisor went into the previous norm or linear (`X/k · (W·k)ᵀ = X·Wᵀ`).
+    pub fn scale_input_channels(&mut self, k: &Array1<f32>) -> Result<()> {
+        check_scale(k, self.weight.ncols(), "input-channel scale")?;
+        self.weight *= &k.view().insert_axis(Axis(0));
+        Ok(())
+    }
+
+    /// Divides output channel (row) n of the weight and the bias by `k[n]`, so the next layer
+    /// reads `Y / k` (folds a smoothing divisor into this layer, e.g. up_proj for down_proj).
+    pub fn scale_output_channels_inv(&mut self, k: &Array1<f32>) -> Result<()> {
+        check_scale(k, self.weight.nrows(), "output-channel divisor")?;
+        self.weight /= &k.view().insert_axis(Axis(1));
+        if let Some(b) = &mut self.bias {
+            *b /= k;
+        }
+        Ok(())
+    }
+}
+
+fn check_scale(k: &Array1<f32>, n: usize, what: &str) -> Result<()> {
+    if k.len() != n {
+        return Err(Error::shape(what, n, k.len()));
+    }
+    if k.iter().any(|v| !v.is_finite() || *v == 0.0) {
+        return Err(Error::NonFinite {
+            what: format!("{what} (zero or non-finite)"),
+        });
+    }
+    Ok(())
 }
 
 impl LinearOp for FloatLinear {

@@ -183,10 +183,26 @@ fn smoothing_fold_into_norm_preserves_the_function() {
             l.norm_mut(norm).scale_output_channels_inv(&k).unwrap();
             for &s in slots {
                 assert_eq!(l.input_norm(s), Some(norm));
-                let w = &mut l.linear_mut(s).unwrap().as_float_mut().unwrap().weight;
-                *w *= &k.view().insert_axis(ndarray::Axis(0));
+                let f = l.linear_mut(s).unwrap().as_float_mut().unwrap();
+                f.scale_input_channels(&k).unwrap();
             }
         }
+        // up → down: divide up's output rows, multiply down's input columns.
+        let k = Array1::from_shape_fn(t.ff, |j| 0.25 + (j % 3) as f32);
+        let up = l
+            .linear_mut(LinearSlot::Up)
+            .unwrap()
+            .as_float_mut()
+            .unwrap();
+        up.scale_output_channels_inv(&k).unwrap();
+        let down = l
+            .linear_mut(LinearSlot::Down)
+            .unwrap()
+            .as_float_mut()
+            .unwrap();
+        down.scale_input_channels(&k).unwrap();
+        assert!(down.scale_input_channels(&Array1::zeros(t.ff)).is_err());
+        assert!(down.scale_input_channels(&Array1::ones(3)).is_err());
     }
     let after = m.forward(&TOKENS).unwrap();
     assert!(

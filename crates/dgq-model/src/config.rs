@@ -59,6 +59,10 @@ pub struct ModelConfig {
     /// OPT: width of the token embedding when it differs from `hidden_size` (OPT-350m projects
     /// 512 → 1024 with `project_in`/`project_out`). Equal to `hidden_size` otherwise.
     pub word_embed_proj_dim: usize,
+    /// Sliding-window attention span (Mistral v0.1, Qwen2 with `use_sliding_window`). These
+    /// decoders attend to the whole causal prefix, which equals sliding-window attention only
+    /// for sequences up to the window, so longer ones are refused.
+    pub sliding_window: Option<usize>,
     /// Beginning-of-sequence token, if the checkpoint names one.
     pub bos_token_id: Option<u32>,
     /// End-of-sequence token, if the checkpoint names one.
@@ -204,6 +208,13 @@ impl ModelConfig {
                     mlp_bias: j.opt_bool("mlp_bias")?.unwrap_or(false),
                     norm_before: true,
                     word_embed_proj_dim: hidden_size,
+                    sliding_window: match model_type.as_str() {
+                        "mistral" => j.opt_usize("sliding_window")?,
+                        "qwen2" if j.opt_bool("use_sliding_window")? == Some(true) => {
+                            j.opt_usize("sliding_window")?
+                        }
+                        _ => None,
+                    },
                     bos_token_id: j.opt_token("bos_token_id")?,
                     eos_token_id: j.opt_token("eos_token_id")?,
                     model_type,
@@ -249,6 +260,7 @@ impl ModelConfig {
                     mlp_bias: bias,
                     norm_before: j.opt_bool("do_layer_norm_before")?.unwrap_or(true),
                     word_embed_proj_dim: j.opt_usize("word_embed_proj_dim")?.unwrap_or(hidden_size),
+                    sliding_window: None,
                     bos_token_id: j.opt_token("bos_token_id")?,
                     eos_token_id: j.opt_token("eos_token_id")?,
                     model_type,

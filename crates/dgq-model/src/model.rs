@@ -151,6 +151,15 @@ impl Model {
                 vocab_size: vocab,
             });
         }
+        if let Some(w) = self.config.sliding_window {
+            if start_pos + tokens.len() > w {
+                return Err(Error::TooLong {
+                    len: start_pos + tokens.len(),
+                    max: w,
+                    reason: "sliding-window attention is not implemented (exact up to the window)",
+                });
+            }
+        }
         if self.config.family == Family::Opt
             && start_pos + tokens.len() > self.config.max_position_embeddings
         {
@@ -577,6 +586,7 @@ fn gguf_config(src: &GgufFile) -> Result<(ModelConfig, bool)> {
         mlp_bias: src.shape("blk.0.ffn_up.bias").is_some(),
         norm_before: true,
         word_embed_proj_dim: hidden_size,
+        sliding_window: None,
         bos_token_id: token("tokenizer.ggml.bos_token_id")?,
         eos_token_id: token("tokenizer.ggml.eos_token_id")?,
     };

@@ -96,6 +96,18 @@ fn bad_config_json() {
         }
         other => panic!("{other:?}"),
     }
+    // Mistral's sliding window: loads, but sequences longer than the window are refused.
+    let m = edit(&|v| {
+        v["model_type"] = "mistral".into();
+        v["sliding_window"] = 4.into();
+    })
+    .unwrap();
+    assert_eq!(m.config.sliding_window, Some(4));
+    assert!(m.forward(&[1, 2, 3, 4]).is_ok());
+    assert!(matches!(
+        m.forward(&[1, 2, 3, 4, 5]),
+        Err(Error::TooLong { max: 4, .. })
+    ));
     // Supported rope scaling parses and loads.
     assert!(edit(
         &|v| v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0,

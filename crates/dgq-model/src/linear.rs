@@ -98,6 +98,14 @@ impl LinearOp for FloatLinear {
     fn forward(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
         let mut y = ops::matmul_nt(x, self.weight.view(), Par::Rayon)?;
         if let Some(b) = &self.bias {
+            // Fields are public: re-check what `new` checked before broadcasting.
+            if b.len() != self.weight.nrows() {
+                return Err(Error::shape(
+                    "linear bias length",
+                    self.weight.nrows(),
+                    b.len(),
+                ));
+            }
             ops::add_bias(&mut y, b.view());
         }
         Ok(y)

@@ -183,19 +183,15 @@ impl Model {
         }
         if let Some(pos) = &self.embed_positions {
             let a = start_pos + OPT_POSITION_OFFSET;
-            let rows = pos
-                .slice_axis(
-                    Axis(0),
-                    ndarray::Slice::from(a..a + tokens.len()).step_by(1),
-                )
-                .to_owned();
-            if rows.dim() != h.dim() {
+            let b = a + tokens.len();
+            if b > pos.nrows() || pos.ncols() != h.ncols() {
                 return Err(Error::shape(
-                    "position embeddings",
-                    format!("{:?}", h.dim()),
-                    format!("{:?}", rows.dim()),
+                    "position embedding table",
+                    format!("at least [{b}, {}]", h.ncols()),
+                    format!("{:?}", pos.dim()),
                 ));
             }
+            let rows = pos.slice(ndarray::s![a..b, ..]);
             h += &rows;
         }
         Ok(h)

@@ -71,6 +71,11 @@ impl Norm {
         if x.ncols() != self.dim() {
             return Err(Error::shape("norm input columns", self.dim(), x.ncols()));
         }
+        if let Some(b) = &self.bias {
+            if b.len() != self.dim() {
+                return Err(Error::shape("norm bias length", self.dim(), b.len()));
+            }
+        }
         Ok(match self.kind {
             NormKind::Rms => ops::rms_norm(x, self.weight.view(), self.eps),
             NormKind::Layer => ops::layer_norm(

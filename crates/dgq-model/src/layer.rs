@@ -1,0 +1,408 @@
+//! One decoder layer (attention + MLP) of either family, runnable on its own so a layer-wise
+//! calibration driver can feed it captured inputs, swap its linears and run it again.
+
+use ndarray::{s, Array2, ArrayView2, Axis};
+use rayon::prelude::*;
+
+use crate::config::Family;
+use crate::error::{Error, Result};
+use crate::linear::{Linear, LinearSlot};
+use crate::norm::Norm;
+use crate::ops::{self, Par};
+use crate::rope::Rope;
+
+/// Shape of the attention of one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionSpec {
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads; each serves `num_heads / num_kv_heads` query heads (GQA).
+    pub num_kv_heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+    /// Rotary embedding (LLaMA family); `None` for OPT's learned absolute positions.
+    pub rope: Option<Rope>,
+}
+
+/// The feed-forward block.
+#[derive(Debug)]
+pub enum Mlp {
+    /// LLaMA family: `down(silu(gate(x)) ⊙ up(x))`.
+    SwiGlu {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+    /// OPT: `fc2(relu(fc1(x)))`.
+    Relu { fc1: Linear, fc2: Linear },
+}
+
+/// Names one of the two norms of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NormSlot {
+    /// Before attention (`input_layernorm`, OPT `self_attn_layer_norm`).
+    Attn,
+    /// Before the MLP (`post_attention_layernorm`, OPT `final_layer_norm`).
+    Mlp,
+}
+
+/// Keys and values of the positions already processed by one layer (rotated keys).
+#[derive(Debug, Clone, Default)]
+pub struct LayerKvCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    len: usize,
+}
+
+impl LayerKvCache {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Drops every cached position.
+    pub fn clear(&mut self) {
+        self.k.clear();
+        self.v.clear();
+        self.len = 0;
+    }
+}
+
+/// Receives the input of every linear layer right before it runs: `(slot, x[M, K])`.
+/// Q, K and V receive the same matrix (as do Gate and Up); see [`LinearSlot::input_site`].
+pub type CaptureHook<'a> = dyn FnMut(LinearSlot, ArrayView2<f32>) + 'a;
+
+/// A decoder layer: norms, attention projections and the MLP, all public so calibration can
+/// edit norms and swap linears in place.
+#[derive(Debug)]
+pub struct DecoderLayer {
+    /// Position of the layer in the model.
+    pub index: usize,
+    /// Layer structure.
+    pub family: Family,
+    /// Pre-LN (norm, sublayer, residual add) or post-LN (sublayer, residual add, norm).
+    pub norm_before: bool,
+    /// Attention shape and rotary.
+    pub attn: AttentionSpec,
+    /// Norm of the attention block.
+    pub attn_norm: Norm,
+    /// Norm of the MLP block.
+    pub mlp_norm: Norm,
+    /// Query projection `[num_heads·head_dim, d]`.
+    pub q_proj: Linear,
+    /// Key projection `[num_kv_heads·head_dim, d]`.
+    pub k_proj: Linear,
+    /// Value projection `[num_kv_heads·head_dim, d]`.
+    pub v_proj: Linear,
+    /// Output projection `[d, num_heads·head_dim]`.
+    pub o_proj: Linear,
+    /// Feed-forward block.
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// Residual width d.
+    pub fn hidden_size(&self) -> usize {
+        self.attn_norm.dim()
+    }
+
+    /// The slots of this layer, in execution order.
+    pub fn slots(&self) -> &'static [LinearSlot] {
+        match self.mlp {
+            Mlp::SwiGlu { .. } => &LinearSlot::LLAMA,
+            Mlp::Relu { .. } => &LinearSlot::OPT,
+        }
+    }
+
+    /// The linear in `slot`; an error if this family has no such slot.
+    pub fn linear(&self, slot: LinearSlot) -> Result<&Linear> {
+        match (slot, &self.mlp) {
+            (LinearSlot::Q, _) => Ok(&self.q_proj),
+            (LinearSlot::K, _) => Ok(&self.k_proj),
+            (LinearSlot::V, _) => Ok(&self.v_proj),
+            (LinearSlot::O, _) => Ok(&self.o_proj),
+            (LinearSlot::Gate, Mlp::SwiGlu { gate, .. }) => Ok(gate),
+            (LinearSlot::Up, Mlp::SwiGlu { up, .. }) => Ok(up),
+            (LinearSlot::Down, Mlp::SwiGlu { down, .. }) => Ok(down),
+            (LinearSlot::Fc1, Mlp::Relu { fc1, .. }) => Ok(fc1),
+            (LinearSlot::Fc2, Mlp::Relu { fc2, .. }) => Ok(fc2),
+            _ => Err(self.no_slot(slot)),
+        }
+    }
+
+    /// Mutable access to the linear in `slot` (to edit float weights or [`Linear::replace`] it).
+    pub fn linear_mut(&mut self, slot: LinearSlot) -> Result<&mut Linear> {
+        let err = self.no_slot(slot);
+        match (slot, &mut self.mlp) {
+            (LinearSlot::Q, _) => Ok(&mut self.q_proj),
+            (LinearSlot::K, _) => Ok(&mut self.k_proj),
+            (LinearSlot::V, _) => Ok(&mut self.v_proj),
+            (LinearSlot::O, _) => Ok(&mut self.o_proj),
+            (LinearSlot::Gate, Mlp::SwiGlu { gate, .. }) => Ok(gate),
+            (LinearSlot::Up, Mlp::SwiGlu { up, .. }) => Ok(up),
+            (LinearSlot::Down, Mlp::SwiGlu { down, .. }) => Ok(down),
+            (LinearSlot::Fc1, Mlp::Relu { fc1, .. }) => Ok(fc1),
+            (LinearSlot::Fc2, Mlp::Relu { fc2, .. }) => Ok(fc2),
+            _ => Err(err),
+        }
+    }
+
+    fn no_slot(&self, slot: LinearSlot) -> Error {
+        Error::argument(
+            "slot",
+            format!("{slot:?}"),
+            "this layer's family has no such projection",
+        )
+    }
+
+    /// The norm in `slot`.
+    pub fn norm(&self, slot: NormSlot) -> &Norm {
+        match slot {
+            NormSlot::Attn => &self.attn_norm,
+            NormSlot::Mlp => &self.mlp_norm,
+        }
+    }
+
+    /// Mutable norm (smoothing folds divisors into its weight/bias).
+    pub fn norm_mut(&mut self, slot: NormSlot) -> &mut Norm {
+        match slot {
+            NormSlot::Attn => &mut self.attn_norm,
+            NormSlot::Mlp => &mut self.mlp_norm,
+        }
+    }
+
+    /// The norm whose output is exactly `slot`'s input, if any: Attn for Q/K/V, Mlp for
+    /// Gate/Up/Fc1 — only in pre-LN layers (in post-LN ones the norm sits after the residual).
+    pub fn input_norm(&self, slot: LinearSlot) -> Option<NormSlot> {
+        if !self.norm_before {
+            return None;
+        }
+        match slot {
+            LinearSlot::Q | LinearSlot::K | LinearSlot::V => Some(NormSlot::Attn),
+            LinearSlot::Gate | LinearSlot::Up | LinearSlot::Fc1 => Some(NormSlot::Mlp),
+            _ => None,
+        }
+    }
+
+    /// Runs the layer on one sequence `hidden[T, d]` at positions `start_pos..start_pos+T`
+    /// (causal attention within the window).
+    pub fn forward(&self, hidden: ArrayView2<f32>, start_pos: usize) -> Result<Array2<f32>> {
+        self.forward_with(hidden, start_pos, None, None)
+    }
+
+    /// [`forward`](Self::forward), calling `hook(slot, x)` with the input of every linear.
+    pub fn forward_capture(
+        &self,
+        hidden: ArrayView2<f32>,
+        start_pos: usize,
+        hook: &mut CaptureHook<'_>,
+    ) -> Result<Array2<f32>> {
+        self.forward_with(hidden, start_pos, None, Some(hook))
+    }
+
+    /// Runs the layer on new positions, attending to (and extending) `cache`; the new tokens sit
+    /// at positions `cache.len()..`.
+    pub fn forward_cached(
+        &self,
+        hidden: ArrayView2<f32>,
+        cache: &mut LayerKvCache,
+    ) -> Result<Array2<f32>> {
+        let start = cache.len;
+        self.forward_with(hidden, start, Some(cache), None)
+    }
+
+    /// The general form: optional KV cache (then `start_pos` must equal `cache.len()`) and
+    /// optional capture hook.
+    pub fn forward_with(
+        &self,
+        hidden: ArrayView2<f32>,
+        start_pos: usize,
+        cache: Option<&mut LayerKvCache>,
+        mut hook: Option<&mut CaptureHook<'_>>,
+    ) -> Result<Array2<f32>> {
+        let d = self.hidden_size();
+        if hidden.ncols() != d {
+            return Err(Error::shape(
+                format!("layer {} input columns", self.index),
+                d,
+                hidden.ncols(),
+            ));
+        }
+        if hidden.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: format!("input of layer {}", self.index),
+            });
+        }
+        if let Some(c) = &cache {
+            if c.len != start_pos {
+                return Err(Error::argument(
+                    "start_pos",
+                    start_pos,
+                    "must equal the KV cache length",
+                ));
+            }
+        }
+        let mut capture = |slot: LinearSlot, x: ArrayView2<f32>| {
+            if let Some(h) = hook.as_mut() {
+                h(slot, x);
+            }
+        };
+
+        // Attention block.
+        let x = if self.norm_before {
+            self.attn_norm.forward(hidden)?
+        } else {
+            hidden.to_owned()
+        };
+        capture(LinearSlot::Q, x.view());
+        capture(LinearSlot::K, x.view());
+        capture(LinearSlot::V, x.view());
+        let mut q = self.q_proj.forward(x.view())?;
+        let mut k = self.k_proj.forward(x.view())?;
+        let v = self.v_proj.forward(x.view())?;
+        drop(x);
+        let spec = &self.attn;
+        // The fields are public, so a caller may have installed projections of other widths.
+        let (qd, kvd) = (
+            spec.num_heads * spec.head_dim,
+            spec.num_kv_heads * spec.head_dim,
+        );
+        if q.ncols() != qd || k.ncols() != kvd || v.ncols() != kvd {
+            return Err(Error::shape(
+                format!("layer {} q/k/v widths", self.index),
+                format!("{qd} / {kvd} / {kvd}"),
+                format!("{} / {} / {}", q.ncols(), k.ncols(), v.ncols()),
+            ));
+        }
+        if let Some(rope) = &spec.rope {
+            let (cos, sin) = rope.tables(start_pos, q.nrows());
+            rope.apply_with(q.view_mut(), &cos, &sin);
+            rope.apply_with(k.view_mut(), &cos, &sin);
+        }
+        let ctx = match cache {
+            Some(c) => {
+                c.k.extend(k.iter());
+                c.v.extend(v.iter());
+                c.len += k.nrows();
+                let kv = spec.num_kv_heads * spec.head_dim;
+                let ks = ArrayView2::from_shape((c.len, kv), &c.k)
+                    .map_err(|e| Error::shape("KV cache", kv, e))?;
+                let vs = ArrayView2::from_shape((c.len, kv), &c.v)
+                    .map_err(|e| Error::shape("KV cache", kv, e))?;
+                attention(spec, q.view(), ks, vs, start_pos)?
+            }
+            None => attention(spec, q.view(), k.view(), v.view(), 0)?,
+        };
+        drop(q);
+        capture(LinearSlot::O, ctx.view());
+        let a = self.o_proj.forward(ctx.view())?;
+        check_residual(self.index, "attention output", &a, hidden)?;
+        let mut h = &hidden + &a;
+        if !self.norm_before {
+            h = self.attn_norm.forward(h.view())?;
+        }
+
+        // MLP block.
+        let x = if self.norm_before {
+            self.mlp_norm.forward(h.view())?
+        } else {
+            h.clone()
+        };
+        let m = match &self.mlp {
+            Mlp::SwiGlu { gate, up, down } => {
+                capture(LinearSlot::Gate, x.view());
+                capture(LinearSlot::Up, x.view());
+                let mut g = gate.forward(x.view())?;
+                let u = up.forward(x.view())?;
+                if g.dim() != u.dim() {
+                    return Err(Error::shape(
+                        "gate/up outputs",
+                        format!("{:?}", g.dim()),
+                        format!("{:?}", u.dim()),
+                    ));
+                }
+                g.zip_mut_with(&u, |g, &u| *g = ops::silu(*g) * u);
+                capture(LinearSlot::Down, g.view());
+                down.forward(g.view())?
+            }
+            Mlp::Relu { fc1, fc2 } => {
+                capture(LinearSlot::Fc1, x.view());
+                let mut f = fc1.forward(x.view())?;
+                f.mapv_inplace(|v| v.max(0.0));
+                capture(LinearSlot::Fc2, f.view());
+                fc2.forward(f.view())?
+            }
+        };
+        check_residual(self.index, "MLP output", &m, h.view())?;
+        h += &m;
+        if !self.norm_before {
+            h = self.mlp_norm.forward(h.view())?;
+        }
+        Ok(h)
+    }
+}
+
+/// A sublayer output must match the residual stream it is added to (no broadcasting).
+fn check_residual(layer: usize, what: &str, y: &Array2<f32>, h: ArrayView2<f32>) -> Result<()> {
+    if y.dim() != h.dim() {
+        return Err(Error::shape(
+            format!("layer {layer} {what}"),
+            format!("{:?}", h.dim()),
+            format!("{:?}", y.dim()),
+        ));
+    }
+    Ok(())
+}
+
+/// Causal multi-head attention with GQA. `q[T, H·hd]` for positions `past..past+T`,
+/// `k, v[S, Hkv·hd]` for positions `0..S` where `S = past + T` (or `S = T`, `past = 0`).
+fn attention(
+    spec: &AttentionSpec,
+    q: ArrayView2<f32>,
+    k: ArrayView2<f32>,
+    v: ArrayView2<f32>,
+    past: usize,
+) -> Result<Array2<f32>> {
+    let (t, s) = (q.nrows(), k.nrows());
+    let hd = spec.head_dim;
+    if spec.num_kv_heads == 0 || spec.num_heads % spec.num_kv_heads != 0 || past + t != s {
+        return Err(Error::shape(
+            "attention (heads / cached length)",
+            past + t,
+            s,
+        ));
+    }
+    let group = spec.num_heads / spec.num_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let heads: Vec<Result<Array2<f32>>> = (0..spec.num_heads)
+        .into_par_iter()
+        .map(|h| {
+            let kvh = h / group;
+            let qh = q.slice(s![.., h * hd..(h + 1) * hd]);
+            let kh = k.slice(s![.., kvh * hd..(kvh + 1) * hd]);
+            let vh = v.slice(s![.., kvh * hd..(kvh + 1) * hd]);
+            let mut scores = ops::matmul_nt(qh, kh, Par::Single)?;
+            for (i, mut row) in scores.axis_iter_mut(Axis(0)).enumerate() {
+                let visible = past + i + 1;
+                let row = row
+                    .as_slice_mut()
+                    .ok_or_else(|| Error::shape("score row", "contiguous", "strided"))?;
+                let (seen, future) = row.split_at_mut(visible);
+                for x in seen.iter_mut() {
+                    *x *= scale;
+                }
+                ops::softmax_in_place(seen);
+                future.fill(0.0);
+            }
+            ops::matmul_nn(scores.view(), vh, Par::Single)
+        })
+        .collect();
+    let mut out = Array2::<f32>::zeros((t, spec.num_heads * hd));
+    for (h, ctx) in heads.into_iter().enumerate() {
+        out.slice_mut(s![.., h * hd..(h + 1) * hd]).assign(&ctx?);
+    }
+    Ok(out)
+}

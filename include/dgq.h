@@ -194,6 +194,24 @@ typedef enum dgq_act_mode {
 } dgq_act_mode;
 
 /**
+ * Which GEMM kernel `dgq_cuda_w4a8_gemm` runs (values of `dgq_cuda_gemm_config.kernel`).
+ */
+typedef enum dgq_cuda_kernel {
+    /**
+     * The split-K decode kernel for small M, the tiled tensor-core kernel above.
+     */
+    DGQ_CUDA_KERNEL_AUTO = 0,
+    /**
+     * The split-K decode kernel (small M only).
+     */
+    DGQ_CUDA_KERNEL_DECODE = 1,
+    /**
+     * The tiled tensor-core kernel (any M).
+     */
+    DGQ_CUDA_KERNEL_PREFILL = 2,
+} dgq_cuda_kernel;
+
+/**
  * A DGQ weight in the kernels' layout on one CUDA device (opaque). Created by
  * `dgq_cuda_weight_upload`, freed by `dgq_cuda_weight_free`.
  */
@@ -214,6 +232,20 @@ typedef struct dgq_model dgq_model;
  * `const dgq_weight*` may be called on the same weight from several threads at once.
  */
 typedef struct dgq_weight dgq_weight;
+
+/**
+ * Tuning knobs of the GPU GEMM; `dgq_cuda_gemm_config_default()` is what callers normally want.
+ */
+typedef struct dgq_cuda_gemm_config {
+    /**
+     * A `dgq_cuda_kernel` value. Default: `DGQ_CUDA_KERNEL_AUTO`.
+     */
+    int32_t kernel;
+    /**
+     * Split-K factor of the decode kernel; 0 (default) lets the library choose.
+     */
+    uint32_t split_k;
+} dgq_cuda_gemm_config;
 
 /**
  * Options of `dgq_model_add_layer`. Start from `dgq_layer_options_default()`.
@@ -417,6 +449,11 @@ enum dgq_status dgq_quantize_acts_static(const float *x,
                                          size_t q_len);
 
 /**
+ * The default GPU GEMM configuration (automatic kernel and split).
+ */
+struct dgq_cuda_gemm_config dgq_cuda_gemm_config_default(void);
+
+/**
  * Whether this build of the library has working GPU entry points (`true`), or whether every
  * `dgq_cuda_*` function returns `DGQ_STATUS_UNSUPPORTED` (`false`). A `true` build still needs a
  * CUDA driver and a supported GPU at run time.
@@ -447,15 +484,17 @@ enum dgq_status dgq_cuda_weight_upload(const struct dgq_weight *w,
 void dgq_cuda_weight_free(struct dgq_cuda_weight *w);
 
 /**
- * Bytes of device workspace `dgq_cuda_w4a8_gemm` needs for `m` tokens with this weight
- * (0 when the chosen kernel needs none). A workspace may be reused by later calls on the same
- * stream; it must not be used by two streams at once.
+ * Bytes of device workspace `dgq_cuda_w4a8_gemm` needs for `m` tokens with this weight and
+ * `config` (NULL: default), 0 when the chosen kernel needs none. The workspace must be zeroed
+ * once before first use (every GEMM leaves it zeroed again); it may be reused by later calls
+ * on the same stream but must not be used by two streams at once.
  *
  * # Safety
- * `w` must be a live device weight, `bytes` writable.
+ * `w` must be a live device weight, `config` NULL or readable, `bytes` writable.
  */
 enum dgq_status dgq_cuda_gemm_workspace_size(const struct dgq_cuda_weight *w,
                                              size_t m,
+                                             const struct dgq_cuda_gemm_config *config,
                                              size_t *bytes);
 
 /**
@@ -464,7 +503,8 @@ enum dgq_status dgq_cuda_gemm_workspace_size(const struct dgq_cuda_weight *w,
  * Device buffers: `xq` int8 `[m, K]` row-major, 16-byte aligned; `x_scales` f32 `[m]` (per
  * token, `num_scales == m`) or `[1]` (per tensor, `num_scales == 1`); `bias` f32 `[N]` or NULL;
  * `y` `[m, N]` of `y_dtype` (a `dgq_dtype`); `workspace` of `workspace_bytes` (at least
- * `dgq_cuda_gemm_workspace_size`; may be NULL when that is 0).
+ * `dgq_cuda_gemm_workspace_size` for the same `config`; may be NULL when that is 0).
+ * `config` NULL means `dgq_cuda_gemm_config_default()`.
  *
  * # Safety
  * Device pointers must be valid for the sizes above on the weight's device; `stream` NULL or a
@@ -478,6 +518,7 @@ enum dgq_status dgq_cuda_w4a8_gemm(const struct dgq_cuda_weight *w,
                                    const float *bias,
                                    void *y,
                                    int32_t y_dtype,
+                                   const struct dgq_cuda_gemm_config *config,
                                    void *workspace,
                                    size_t workspace_bytes,
                                    void *stream);
@@ -485,7 +526,7 @@ enum dgq_status dgq_cuda_w4a8_gemm(const struct dgq_cuda_weight *w,
 /**
  * Enqueues the exact INT32 accumulators `acc[m, N] = xq · W_s8ᵀ` (no epilogue) on `stream`.
  * `xq` int8 `[m, K]` (16-byte aligned), `acc` int32 `[m, N]`, workspace as for
- * `dgq_cuda_w4a8_gemm`.
+ * `dgq_cuda_w4a8_gemm`, as are `config` and the workspace.
  *
  * # Safety
  * As `dgq_cuda_w4a8_gemm`.
@@ -494,6 +535,7 @@ enum dgq_status dgq_cuda_w4a8_gemm_i32(const struct dgq_cuda_weight *w,
                                        const int8_t *xq,
                                        size_t m,
                                        int32_t *acc,
+                                       const struct dgq_cuda_gemm_config *config,
                                        void *workspace,
                                        size_t workspace_bytes,
                                        void *stream);

@@ -35,6 +35,39 @@ pub enum dgq_dtype {
     DGQ_DTYPE_BF16 = 1,
 }
 
+/// Which GEMM kernel `dgq_cuda_w4a8_gemm` runs (values of `dgq_cuda_gemm_config.kernel`).
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum dgq_cuda_kernel {
+    /// The split-K decode kernel for small M, the tiled tensor-core kernel above.
+    DGQ_CUDA_KERNEL_AUTO = 0,
+    /// The split-K decode kernel (small M only).
+    DGQ_CUDA_KERNEL_DECODE = 1,
+    /// The tiled tensor-core kernel (any M).
+    DGQ_CUDA_KERNEL_PREFILL = 2,
+}
+
+/// Tuning knobs of the GPU GEMM; `dgq_cuda_gemm_config_default()` is what callers normally want.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct dgq_cuda_gemm_config {
+    /// A `dgq_cuda_kernel` value. Default: `DGQ_CUDA_KERNEL_AUTO`.
+    pub kernel: i32,
+    /// Split-K factor of the decode kernel; 0 (default) lets the library choose.
+    pub split_k: u32,
+}
+
+/// The default GPU GEMM configuration (automatic kernel and split).
+#[no_mangle]
+pub extern "C" fn dgq_cuda_gemm_config_default() -> dgq_cuda_gemm_config {
+    dgq_cuda_gemm_config {
+        kernel: dgq_cuda_kernel::DGQ_CUDA_KERNEL_AUTO as i32,
+        split_k: 0,
+    }
+}
+
 fn unsupported() -> CResult<()> {
     Err(Failure::new(
         dgq_status::DGQ_STATUS_UNSUPPORTED,
@@ -90,19 +123,21 @@ pub unsafe extern "C" fn dgq_cuda_weight_free(w: *mut dgq_cuda_weight) {
     crate::status::guard_value((), || unsafe { crate::args::free_handle(w) })
 }
 
-/// Bytes of device workspace `dgq_cuda_w4a8_gemm` needs for `m` tokens with this weight
-/// (0 when the chosen kernel needs none). A workspace may be reused by later calls on the same
-/// stream; it must not be used by two streams at once.
+/// Bytes of device workspace `dgq_cuda_w4a8_gemm` needs for `m` tokens with this weight and
+/// `config` (NULL: default), 0 when the chosen kernel needs none. The workspace must be zeroed
+/// once before first use (every GEMM leaves it zeroed again); it may be reused by later calls
+/// on the same stream but must not be used by two streams at once.
 ///
 /// # Safety
-/// `w` must be a live device weight, `bytes` writable.
+/// `w` must be a live device weight, `config` NULL or readable, `bytes` writable.
 #[no_mangle]
 pub unsafe extern "C" fn dgq_cuda_gemm_workspace_size(
     w: *const dgq_cuda_weight,
     m: usize,
+    config: *const dgq_cuda_gemm_config,
     bytes: *mut usize,
 ) -> dgq_status {
-    let _ = (w, m, bytes);
+    let _ = (w, m, config, bytes);
     guard(unsupported)
 }
 
@@ -111,7 +146,8 @@ pub unsafe extern "C" fn dgq_cuda_gemm_workspace_size(
 /// Device buffers: `xq` int8 `[m, K]` row-major, 16-byte aligned; `x_scales` f32 `[m]` (per
 /// token, `num_scales == m`) or `[1]` (per tensor, `num_scales == 1`); `bias` f32 `[N]` or NULL;
 /// `y` `[m, N]` of `y_dtype` (a `dgq_dtype`); `workspace` of `workspace_bytes` (at least
-/// `dgq_cuda_gemm_workspace_size`; may be NULL when that is 0).
+/// `dgq_cuda_gemm_workspace_size` for the same `config`; may be NULL when that is 0).
+/// `config` NULL means `dgq_cuda_gemm_config_default()`.
 ///
 /// # Safety
 /// Device pointers must be valid for the sizes above on the weight's device; `stream` NULL or a
@@ -126,6 +162,7 @@ pub unsafe extern "C" fn dgq_cuda_w4a8_gemm(
     bias: *const f32,
     y: *mut c_void,
     y_dtype: i32,
+    config: *const dgq_cuda_gemm_config,
     workspace: *mut c_void,
     workspace_bytes: usize,
     stream: *mut c_void,
@@ -139,6 +176,7 @@ pub unsafe extern "C" fn dgq_cuda_w4a8_gemm(
         bias,
         y,
         y_dtype,
+        config,
         workspace,
         workspace_bytes,
         stream,
@@ -148,7 +186,7 @@ pub unsafe extern "C" fn dgq_cuda_w4a8_gemm(
 
 /// Enqueues the exact INT32 accumulators `acc[m, N] = xq · W_s8ᵀ` (no epilogue) on `stream`.
 /// `xq` int8 `[m, K]` (16-byte aligned), `acc` int32 `[m, N]`, workspace as for
-/// `dgq_cuda_w4a8_gemm`.
+/// `dgq_cuda_w4a8_gemm`, as are `config` and the workspace.
 ///
 /// # Safety
 /// As `dgq_cuda_w4a8_gemm`.
@@ -158,11 +196,12 @@ pub unsafe extern "C" fn dgq_cuda_w4a8_gemm_i32(
     xq: *const i8,
     m: usize,
     acc: *mut i32,
+    config: *const dgq_cuda_gemm_config,
     workspace: *mut c_void,
     workspace_bytes: usize,
     stream: *mut c_void,
 ) -> dgq_status {
-    let _ = (w, xq, m, acc, workspace, workspace_bytes, stream);
+    let _ = (w, xq, m, acc, config, workspace, workspace_bytes, stream);
     guard(unsupported)
 }
 

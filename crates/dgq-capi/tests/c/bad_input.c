@@ -467,11 +467,13 @@ static void test_cuda(const dgq_weight *w) {
     }
     EXPECT(dgq_cuda_weight_upload(w, 0, NULL, &cw), DGQ_STATUS_UNSUPPORTED, "built without CUDA");
     TRUE_OR_FAIL(cw == NULL);
-    EXPECT(dgq_cuda_gemm_workspace_size(NULL, 1, &bytes), DGQ_STATUS_UNSUPPORTED, "CUDA");
-    EXPECT(dgq_cuda_w4a8_gemm(NULL, NULL, 1, NULL, 1, NULL, NULL, DGQ_DTYPE_F16, NULL, 0, NULL),
+    dgq_cuda_gemm_config gc = dgq_cuda_gemm_config_default();
+    TRUE_OR_FAIL(gc.kernel == DGQ_CUDA_KERNEL_AUTO && gc.split_k == 0);
+    EXPECT(dgq_cuda_gemm_workspace_size(NULL, 1, NULL, &bytes), DGQ_STATUS_UNSUPPORTED, "CUDA");
+    EXPECT(dgq_cuda_w4a8_gemm(NULL, NULL, 1, NULL, 1, NULL, NULL, DGQ_DTYPE_F16, &gc, NULL, 0, NULL),
            DGQ_STATUS_UNSUPPORTED, "CUDA");
-    EXPECT(dgq_cuda_w4a8_gemm_i32(NULL, NULL, 1, NULL, NULL, 0, NULL), DGQ_STATUS_UNSUPPORTED,
-           "CUDA");
+    EXPECT(dgq_cuda_w4a8_gemm_i32(NULL, NULL, 1, NULL, NULL, NULL, 0, NULL),
+           DGQ_STATUS_UNSUPPORTED, "CUDA");
     EXPECT(dgq_cuda_quantize_acts_per_token(0, NULL, DGQ_DTYPE_BF16, 1, 8, NULL, NULL, NULL, NULL),
            DGQ_STATUS_UNSUPPORTED, "CUDA");
     EXPECT(dgq_cuda_quantize_acts_static(0, NULL, DGQ_DTYPE_F16, 1, 8, NULL, 1.0f, NULL, NULL),

@@ -146,7 +146,7 @@ constexpr size_t pf_smem_bytes() {
 }
 
 template <int BM, int OUT>
-__global__ void __launch_bounds__(kPfThreads, 1) prefill_kernel(const GemmParams p) {
+__global__ void __launch_bounds__(kPfThreads, 2) prefill_kernel(const GemmParams p) {
   constexpr int W_U4 = (kPfBN / 16) * kPfChunks * 32;
   constexpr int X_U4 = kPfChunks * BM * 4;
   constexpr int STAGE_U4 = W_U4 + X_U4;
@@ -261,16 +261,40 @@ __global__ void __launch_bounds__(kPfThreads, 1) prefill_kernel(const GemmParams
 // ------------------------------------------------------------------------------------------
 namespace {
 
+// Resident CTAs per SM of the decode kernel for a token-tile count (occupancy API, cached:
+// the answer depends only on the compiled kernel).
+int decode_ctas_per_sm(int nt) {
+  static int cache[3] = {0, 0, 0};
+  const int slot = nt == 1 ? 0 : nt == 2 ? 1 : 2;
+  if (cache[slot] == 0) {
+    int b = 0;
+    cudaError_t e;
+    if (nt == 1) {
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<1, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
+    } else if (nt == 2) {
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<2, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
+    } else {
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<4, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
+    }
+    if (e != cudaSuccess || b < 1) {
+      (void)cudaGetLastError();
+      b = 4;
+    }
+    cache[slot] = b;
+  }
+  return cache[slot];
+}
+
 int decode_split(int m, int n, int k, int num_sms) {
   if (m < 1 || m > 32 || n % kDecodeRows != 0 || k % kChunkK != 0) return 0;
   const int row_blocks = n / kDecodeRows;
   const int kc = k / kChunkK;
-  // Aim at ~8 CTAs of 4 warps per SM (enough 16-byte loads in flight to cover HBM latency)
-  // while each warp keeps at least two batches of loads.
-  const int target = std::max(1, num_sms) * 8;
-  int split = (target + row_blocks - 1) / row_blocks;
+  const int nt = m <= 8 ? 1 : m <= 16 ? 2 : 4;
+  // Fill every resident CTA slot once (a single wave: a partial second wave would stream its
+  // share at a fraction of the bandwidth) while each warp keeps at least two batches of loads.
+  const int slots = std::max(1, num_sms) * decode_ctas_per_sm(nt);
+  int split = std::max(1, slots / row_blocks);
   split = std::min(split, std::max(1, kc / (2 * kDecodeUnroll)));
-  split = std::max(split, 1);
   const int per = (kc + split - 1) / split;
   return (kc + per - 1) / per;
 }

@@ -23,10 +23,18 @@ const NVCC_FLAGS: &[&str] = &[
 
 fn main() {
     println!("cargo:rustc-check-cfg=cfg(dgq_cuda_built)");
-    for v in ["DGQ_NVCC", "DGQ_CUDA_HOME", "DGQ_CACHE", "DGQ_NO_CUDA", "LIBCLANG_PATH", "HOME"] {
+    for v in [
+        "DGQ_NVCC",
+        "DGQ_CUDA_HOME",
+        "DGQ_CACHE",
+        "DGQ_NO_CUDA",
+        "LIBCLANG_PATH",
+        "HOME",
+    ] {
         println!("cargo:rerun-if-env-changed={v}");
     }
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let cuda_dir = manifest.join("../../cuda");
     println!("cargo:rerun-if-changed={}", cuda_dir.display());
 
@@ -43,7 +51,9 @@ fn main() {
     };
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     if let Err(e) = build(&nvcc, &cuda_dir, &out) {
-        warn(&format!("{e}; building without CUDA kernels: every call returns Error::NotBuiltWithCuda"));
+        warn(&format!(
+            "{e}; building without CUDA kernels: every call returns Error::NotBuiltWithCuda"
+        ));
     }
 }
 
@@ -59,7 +69,12 @@ fn cache_root() -> Option<PathBuf> {
 }
 
 fn find_nvcc() -> Option<PathBuf> {
-    let runs = |p: &Path| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success());
+    let runs = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     if let Some(p) = env::var_os("DGQ_NVCC") {
         let p = PathBuf::from(p);
         return runs(&p).then_some(p);
@@ -81,7 +96,10 @@ fn cuda_sources(cuda_dir: &Path) -> Result<Vec<PathBuf>, String> {
         let rd = fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
         for entry in rd.flatten() {
             let p = entry.path();
-            if matches!(p.extension().and_then(|e| e.to_str()), Some("cu" | "cuh" | "h")) {
+            if matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("cu" | "cuh" | "h")
+            ) {
                 files.push(p);
             }
         }
@@ -122,7 +140,12 @@ fn build(nvcc: &Path, cuda_dir: &Path, out: &Path) -> Result<(), String> {
         .derive_default(true)
         .layout_tests(true)
         .generate()
-        .map_err(|e| format!("bindgen failed on {} (is libclang installed? {e})", header.display()))?;
+        .map_err(|e| {
+            format!(
+                "bindgen failed on {} (is libclang installed? {e})",
+                header.display()
+            )
+        })?;
     bindings
         .write_to_file(out.join("bindings.rs"))
         .map_err(|e| format!("cannot write bindings: {e}"))?;
@@ -139,17 +162,30 @@ fn build(nvcc: &Path, cuda_dir: &Path, out: &Path) -> Result<(), String> {
         fnv1a(&mut key, f.as_bytes());
     }
     for s in &sources {
-        fnv1a(&mut key, s.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
-        fnv1a(&mut key, &fs::read(s).map_err(|e| format!("cannot read {}: {e}", s.display()))?);
+        fnv1a(
+            &mut key,
+            s.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        fnv1a(
+            &mut key,
+            &fs::read(s).map_err(|e| format!("cannot read {}: {e}", s.display()))?,
+        );
     }
     let lib_name = "dgq_kernels";
     let lib_file = format!("lib{lib_name}.a");
     let cached = cache_root().map(|c| c.join(format!("nvcc-build/{key:016x}")));
 
     let dst = out.join(&lib_file);
-    match cached.as_ref().map(|c| c.join(&lib_file)).filter(|p| p.is_file()) {
+    match cached
+        .as_ref()
+        .map(|c| c.join(&lib_file))
+        .filter(|p| p.is_file())
+    {
         Some(hit) => {
-            fs::copy(&hit, &dst).map_err(|e| format!("cannot copy cached {}: {e}", hit.display()))?;
+            fs::copy(&hit, &dst)
+                .map_err(|e| format!("cannot copy cached {}: {e}", hit.display()))?;
         }
         None => {
             compile_archive(&nvcc_abs, &include, &sources, out, &dst)?;
@@ -167,7 +203,11 @@ fn build(nvcc: &Path, cuda_dir: &Path, out: &Path) -> Result<(), String> {
 
     println!("cargo:rustc-link-search=native={}", out.display());
     println!("cargo:rustc-link-lib=static={lib_name}");
-    for lib_dir in [cuda_home.join("lib64"), cuda_home.join("lib"), cuda_home.join("targets/x86_64-linux/lib")] {
+    for lib_dir in [
+        cuda_home.join("lib64"),
+        cuda_home.join("lib"),
+        cuda_home.join("targets/x86_64-linux/lib"),
+    ] {
         if lib_dir.join("libcudart_static.a").is_file() {
             println!("cargo:rustc-link-search=native={}", lib_dir.display());
             break;
@@ -185,9 +225,18 @@ fn build(nvcc: &Path, cuda_dir: &Path, out: &Path) -> Result<(), String> {
 /// device-link step) and archives the objects with the archiver `cc` picks for the target.
 /// nvcc is run directly because `cc`'s CUDA mode only looks for nvcc on PATH or in the $NVCC
 /// of the process that started cargo, and adds -G under the workspace's `debug = 1`.
-fn compile_archive(nvcc: &Path, include: &Path, sources: &[PathBuf], out: &Path, dst: &Path) -> Result<(), String> {
+fn compile_archive(
+    nvcc: &Path,
+    include: &Path,
+    sources: &[PathBuf],
+    out: &Path,
+    dst: &Path,
+) -> Result<(), String> {
     let mut objects = Vec::new();
-    for src in sources.iter().filter(|s| s.extension().is_some_and(|e| e == "cu")) {
+    for src in sources
+        .iter()
+        .filter(|s| s.extension().is_some_and(|e| e == "cu"))
+    {
         let stem = src.file_stem().and_then(|s| s.to_str()).unwrap_or("kernel");
         let obj = out.join(format!("{stem}.o"));
         let o = Command::new(nvcc)
@@ -215,7 +264,12 @@ fn compile_archive(nvcc: &Path, include: &Path, sources: &[PathBuf], out: &Path,
         .cargo_metadata(false)
         .try_get_archiver()
         .map_err(|e| format!("no archiver: {e}"))?;
-    let st = ar.arg("crs").arg(dst).args(&objects).status().map_err(|e| format!("cannot run ar: {e}"))?;
+    let st = ar
+        .arg("crs")
+        .arg(dst)
+        .args(&objects)
+        .status()
+        .map_err(|e| format!("cannot run ar: {e}"))?;
     if !st.success() {
         return Err("ar failed".into());
     }
@@ -223,5 +277,9 @@ fn compile_archive(nvcc: &Path, include: &Path, sources: &[PathBuf], out: &Path,
 }
 
 fn which(name: &Path) -> Option<PathBuf> {
-    env::var_os("PATH").and_then(|paths| env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
+    env::var_os("PATH").and_then(|paths| {
+        env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
 }

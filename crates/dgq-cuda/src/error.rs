@@ -19,22 +19,38 @@ pub enum Error {
     NoDevice(String),
     /// The device is not one the kernels are built for.
     #[error("unsupported device {name} (compute capability {major}.{minor}): kernels are built for sm_90a (H100/H200)")]
-    UnsupportedDevice { name: String, major: i32, minor: i32 },
+    UnsupportedDevice {
+        name: String,
+        major: i32,
+        minor: i32,
+    },
     /// A shape or parameter the kernels do not support (documented limits).
     #[error("unsupported {what}: {reason}")]
     Unsupported { what: String, reason: String },
     /// A buffer's length does not match the operation.
     #[error("shape mismatch for {what}: expected {expected}, got {got}")]
-    Shape { what: String, expected: String, got: String },
+    Shape {
+        what: String,
+        expected: String,
+        got: String,
+    },
     /// A device pointer lacks the alignment the kernel's vector loads need.
     #[error("{what} must be {align}-byte aligned, but its address is {addr:#x}")]
-    Misaligned { what: &'static str, align: usize, addr: u64 },
+    Misaligned {
+        what: &'static str,
+        align: usize,
+        addr: u64,
+    },
     /// A scalar argument is out of range (e.g. a non-positive static scale).
     #[error("invalid argument {what}: {reason}")]
     InvalidArgument { what: &'static str, reason: String },
     /// The buffers live on another device than the stream.
     #[error("{what} lives on device {found}, but the stream is on device {expected}")]
-    WrongDevice { what: &'static str, expected: usize, found: usize },
+    WrongDevice {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
     /// A prepared weight that does not decode back to a valid canonical weight.
     #[error("corrupt prepared weight: {0}")]
     Layout(String),
@@ -50,11 +66,22 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn shape(what: impl Into<String>, expected: impl ToString, got: impl ToString) -> Self {
-        Error::Shape { what: what.into(), expected: expected.to_string(), got: got.to_string() }
+    pub(crate) fn shape(
+        what: impl Into<String>,
+        expected: impl ToString,
+        got: impl ToString,
+    ) -> Self {
+        Error::Shape {
+            what: what.into(),
+            expected: expected.to_string(),
+            got: got.to_string(),
+        }
     }
 
     pub(crate) fn unsupported(what: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Unsupported { what: what.into(), reason: reason.into() }
+        Error::Unsupported {
+            what: what.into(),
+            reason: reason.into(),
+        }
     }
 }

@@ -5,7 +5,13 @@
 use crate::error::{Error, Result};
 
 #[cfg(dgq_cuda_built)]
-#[allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, clippy::all)]
+#[allow(
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    dead_code,
+    clippy::all
+)]
 pub(crate) mod sys {
     include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 }
@@ -16,6 +22,7 @@ pub const BUILT_WITH_CUDA: bool = cfg!(dgq_cuda_built);
 /// GEMM launch arguments (mirrors `DgqGemmArgs`, kept independent of bindgen so the crate
 /// compiles without it).
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(dgq_cuda_built), allow(dead_code))]
 pub(crate) struct GemmLaunch {
     pub x: u64,
     pub wq: u64,
@@ -47,6 +54,7 @@ pub(crate) enum OutKind {
 }
 
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(dgq_cuda_built), allow(dead_code))]
 pub(crate) struct QuantLaunch {
     pub x: u64,
     pub bf16: bool,
@@ -64,7 +72,9 @@ fn status(code: i32) -> Result<()> {
         return Ok(());
     }
     // SAFETY: dgq_status_string returns a pointer to a static NUL-terminated string.
-    let message = unsafe { std::ffi::CStr::from_ptr(sys::dgq_status_string(code)) }.to_string_lossy().into_owned();
+    let message = unsafe { std::ffi::CStr::from_ptr(sys::dgq_status_string(code)) }
+        .to_string_lossy()
+        .into_owned();
     Err(Error::Launch { code, message })
 }
 
@@ -113,7 +123,11 @@ pub(crate) unsafe fn gemm(_a: &GemmLaunch, _stream: *mut std::ffi::c_void) -> Re
 pub(crate) unsafe fn quantize(a: &QuantLaunch, stream: *mut std::ffi::c_void) -> Result<()> {
     let args = sys::DgqQuantArgs {
         x: a.x as *const std::ffi::c_void,
-        in_kind: if a.bf16 { sys::DgqInKind::DGQ_IN_BF16 as i32 } else { sys::DgqInKind::DGQ_IN_F16 as i32 },
+        in_kind: if a.bf16 {
+            sys::DgqInKind::DGQ_IN_BF16 as i32
+        } else {
+            sys::DgqInKind::DGQ_IN_F16 as i32
+        },
         smooth: a.smooth as *const f32,
         static_scale: a.static_scale,
         q: a.q as *mut i8,

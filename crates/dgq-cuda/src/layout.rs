@@ -56,10 +56,16 @@ pub struct PreparedHost {
 /// Checks that the kernels support a weight of this shape.
 pub fn check_supported(n: usize, k: usize, group_size: usize) -> Result<()> {
     if n == 0 || n % GEMM_N_MULTIPLE != 0 {
-        return Err(Error::unsupported("N", format!("N = {n} must be a positive multiple of {GEMM_N_MULTIPLE}")));
+        return Err(Error::unsupported(
+            "N",
+            format!("N = {n} must be a positive multiple of {GEMM_N_MULTIPLE}"),
+        ));
     }
     if k == 0 || k % GEMM_K_MULTIPLE != 0 {
-        return Err(Error::unsupported("K", format!("K = {k} must be a positive multiple of {GEMM_K_MULTIPLE}")));
+        return Err(Error::unsupported(
+            "K",
+            format!("K = {k} must be a positive multiple of {GEMM_K_MULTIPLE}"),
+        ));
     }
     if group_size == 0 || group_size % CHUNK_K != 0 {
         return Err(Error::unsupported(
@@ -68,7 +74,12 @@ pub fn check_supported(n: usize, k: usize, group_size: usize) -> Result<()> {
         ));
     }
     if k % group_size != 0 {
-        return Err(dgq_core::Error::GroupSize { k, group_size, reason: "must divide K" }.into());
+        return Err(dgq_core::Error::GroupSize {
+            k,
+            group_size,
+            reason: "must divide K",
+        }
+        .into());
     }
     if n > i32::MAX as usize || k > i32::MAX as usize {
         return Err(Error::unsupported("shape", "N and K must fit in i32"));
@@ -103,7 +114,9 @@ pub fn prepare_host(w: &DualGrainedWeight) -> Result<PreparedHost> {
             // validate() bounds |S2·(q − z)| ≤ 127, so a and q'·S2 + a stay in a byte.
             let mx = grp.iter().copied().max().unwrap_or(0) as i32;
             if !(1..=255).contains(&a) || s2 * (mx - mn as i32) + a > 255 {
-                return Err(Error::Layout(format!("row {r} group {gi} does not fit the byte-wise dequant")));
+                return Err(Error::Layout(format!(
+                    "row {r} group {gi} does not fit the byte-wise dequant"
+                )));
             }
             qmin[r * ng + gi] = mn;
             abias[r * ng + gi] = a as u8;
@@ -126,25 +139,35 @@ pub fn prepare_host(w: &DualGrainedWeight) -> Result<PreparedHost> {
 
     let mut wq = vec![0u8; n * k / 2];
     let tile_bytes = kc * 32 * 16;
-    wq.par_chunks_mut(tile_bytes).enumerate().for_each(|(rt, tile)| {
-        for c in 0..kc {
-            for lane in 0..32 {
-                let (g, t) = (lane / 4, lane % 4);
-                let base = (c * 32 + lane) * 16;
-                for j in 0..4 {
-                    for i in 0..8 {
-                        let (col, roff) = nibble_pos(t, j, i);
-                        let row = rt * TILE_N + g + roff;
-                        let kk = c * CHUNK_K + col;
-                        let v = w.q[[row, kk]] - qmin[row * ng + kk / gs];
-                        tile[base + j * 4 + i / 2] |= v << (4 * (i % 2));
+    wq.par_chunks_mut(tile_bytes)
+        .enumerate()
+        .for_each(|(rt, tile)| {
+            for c in 0..kc {
+                for lane in 0..32 {
+                    let (g, t) = (lane / 4, lane % 4);
+                    let base = (c * 32 + lane) * 16;
+                    for j in 0..4 {
+                        for i in 0..8 {
+                            let (col, roff) = nibble_pos(t, j, i);
+                            let row = rt * TILE_N + g + roff;
+                            let kk = c * CHUNK_K + col;
+                            let v = w.q[[row, kk]] - qmin[row * ng + kk / gs];
+                            tile[base + j * 4 + i / 2] |= v << (4 * (i % 2));
+                        }
                     }
                 }
             }
-        }
-    });
+        });
 
-    Ok(PreparedHost { n, k, group_size: gs, wq, meta, qmin, s1: w.s1.iter().map(|s| s.to_f32()).collect() })
+    Ok(PreparedHost {
+        n,
+        k,
+        group_size: gs,
+        wq,
+        meta,
+        qmin,
+        s1: w.s1.iter().map(|s| s.to_f32()).collect(),
+    })
 }
 
 /// Inverts [`prepare_host`]: recovers the canonical weight exactly (and validates it).
@@ -171,10 +194,15 @@ pub fn unprepare_host(p: &PreparedHost) -> Result<DualGrainedWeight> {
         for gi in 0..ng {
             for g in 0..8 {
                 let m = p.meta[(rt * ng + gi) * 8 + g];
-                for (row, s, a) in [(rt * TILE_N + g, m & 0xff, (m >> 8) & 0xff), (rt * TILE_N + g + 8, (m >> 16) & 0xff, m >> 24)] {
+                for (row, s, a) in [
+                    (rt * TILE_N + g, m & 0xff, (m >> 8) & 0xff),
+                    (rt * TILE_N + g + 8, (m >> 16) & 0xff, m >> 24),
+                ] {
                     let (s, a) = (s as i32, a as i32);
                     if !(1..=127).contains(&s) || (a - 128) % s != 0 {
-                        return Err(Error::Layout(format!("meta of row {row} group {gi}: S2 = {s}, a = {a}")));
+                        return Err(Error::Layout(format!(
+                            "meta of row {row} group {gi}: S2 = {s}, a = {a}"
+                        )));
                     }
                     let z = p.qmin[row * ng + gi] as i32 - (a - 128) / s;
                     s2[[row, gi]] = s as i8;
@@ -203,7 +231,10 @@ pub fn unprepare_host(p: &PreparedHost) -> Result<DualGrainedWeight> {
     }
     let s1 = Array1::from_iter(p.s1.iter().map(|&v| f16::from_f32(v)));
     if let Some(i) = s1.iter().zip(&p.s1).position(|(h, &f)| h.to_f32() != f) {
-        return Err(Error::Layout(format!("s1[{i}] = {} is not an f16 value", p.s1[i])));
+        return Err(Error::Layout(format!(
+            "s1[{i}] = {} is not an f16 value",
+            p.s1[i]
+        )));
     }
     Ok(DualGrainedWeight::new(gs, q, zeros, s2, s1)?)
 }

@@ -56,11 +56,15 @@ pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>> {
     }
     // SAFETY: only probes whether the driver library can be loaded.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(Error::NoDevice("the CUDA driver library (libcuda) is not present".into()));
+        return Err(Error::NoDevice(
+            "the CUDA driver library (libcuda) is not present".into(),
+        ));
     }
     // cudarc panics when a driver symbol is missing (too old a driver); report that as a value.
     let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
-        .map_err(|_| Error::NoDevice("the CUDA driver could not be initialised (driver too old?)".into()))?
+        .map_err(|_| {
+            Error::NoDevice("the CUDA driver could not be initialised (driver too old?)".into())
+        })?
         .map_err(|e| Error::NoDevice(e.to_string()))?;
     device_info(&ctx)?;
     Ok(ctx)
@@ -73,9 +77,14 @@ pub fn device_info(ctx: &CudaContext) -> Result<DeviceInfo> {
     if (major, minor) != (9, 0) {
         return Err(Error::UnsupportedDevice { name, major, minor });
     }
-    let num_sms =
-        ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
-    Ok(DeviceInfo { ordinal: ctx.ordinal(), name, num_sms })
+    let num_sms = ctx.attribute(
+        cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+    )?;
+    Ok(DeviceInfo {
+        ordinal: ctx.ordinal(),
+        name,
+        num_sms,
+    })
 }
 
 /// Runs a tiny dp4a kernel and checks its output: proves build, link, load and launch.
@@ -91,7 +100,10 @@ pub fn self_test(stream: &Arc<CudaStream>) -> Result<()> {
     for (i, &v) in host.iter().enumerate() {
         let want = 4 * (i * i) as i32;
         if v != want {
-            return Err(Error::Launch { code: -100, message: format!("self test: out[{i}] = {v}, expected {want}") });
+            return Err(Error::Launch {
+                code: -100,
+                message: format!("self test: out[{i}] = {v}, expected {want}"),
+            });
         }
     }
     Ok(())
@@ -149,7 +161,11 @@ impl PreparedDgqWeight {
         Self::upload_unchecked(h, stream, &info)
     }
 
-    fn upload_unchecked(h: &PreparedHost, stream: &Arc<CudaStream>, info: &DeviceInfo) -> Result<Self> {
+    fn upload_unchecked(
+        h: &PreparedHost,
+        stream: &Arc<CudaStream>,
+        info: &DeviceInfo,
+    ) -> Result<Self> {
         Ok(PreparedDgqWeight {
             n: h.n,
             k: h.k,
@@ -228,14 +244,18 @@ impl GemmWorkspace {
         for &(n, k) in shapes {
             layout::check_supported(n, k, layout::CHUNK_K)?;
             for m in 1..=DECODE_MAX_M {
-                let split = ffi::decode_split(m as i32, n as i32, k as i32, info.num_sms).max(1) as usize;
+                let split =
+                    ffi::decode_split(m as i32, n as i32, k as i32, info.num_sms).max(1) as usize;
                 if split > 1 {
                     partials = partials.max(split * m * n);
                 }
             }
             counters = counters.max(n / 64);
         }
-        Ok(GemmWorkspace { partials: stream.alloc_zeros(partials)?, counters: stream.alloc_zeros(counters)? })
+        Ok(GemmWorkspace {
+            partials: stream.alloc_zeros(partials)?,
+            counters: stream.alloc_zeros(counters)?,
+        })
     }
 
     /// Bytes held on the device.
@@ -286,7 +306,11 @@ fn check_align(what: &'static str, ptr: u64, align: usize) -> Result<()> {
     if ptr % align as u64 == 0 {
         Ok(())
     } else {
-        Err(Error::Misaligned { what, align, addr: ptr })
+        Err(Error::Misaligned {
+            what,
+            align,
+            addr: ptr,
+        })
     }
 }
 
@@ -295,7 +319,11 @@ fn check_ordinal(what: &'static str, stream: &CudaStream, found: usize) -> Resul
     if expected == found {
         Ok(())
     } else {
-        Err(Error::WrongDevice { what, expected, found })
+        Err(Error::WrongDevice {
+            what,
+            expected,
+            found,
+        })
     }
 }
 
@@ -339,7 +367,10 @@ fn gemm_impl(
     check_len("x (M·K int8)", m * k, x.len())?;
     check_len("out (M·N)", m * n, out_len)?;
     if cfg.kernel == KernelChoice::Decode && m > DECODE_MAX_M {
-        return Err(Error::unsupported("M", format!("the decode kernel takes M ≤ {DECODE_MAX_M}, got {m}")));
+        return Err(Error::unsupported(
+            "M",
+            format!("the decode kernel takes M ≤ {DECODE_MAX_M}, got {m}"),
+        ));
     }
     if let Some(b) = bias {
         check_len("bias (N)", n, b.len())?;
@@ -368,7 +399,11 @@ fn gemm_impl(
 
     let (x_ptr, _gx) = x.device_ptr(stream);
     check_align("x", x_ptr, 16)?;
-    check_align("out", out_ptr, if out_kind == ffi::OutKind::I32 { 4 } else { 2 })?;
+    check_align(
+        "out",
+        out_ptr,
+        if out_kind == ffi::OutKind::I32 { 4 } else { 2 },
+    )?;
     let (wq, _g1) = w.wq.device_ptr(stream);
     let (wmeta, _g2) = w.meta.device_ptr(stream);
     let (s1, _g3) = w.s1.device_ptr(stream);
@@ -426,8 +461,24 @@ pub fn w4a8_gemm<O: Half>(
 ) -> Result<()> {
     let len = out.len();
     let (out_ptr, _g) = out.device_ptr_mut(stream);
-    let kind = if O::IS_BF16 { ffi::OutKind::Bf16 } else { ffi::OutKind::F16 };
-    gemm_impl(stream, x, m, w, Some(scales), bias, out_ptr, len, kind, ws, cfg)
+    let kind = if O::IS_BF16 {
+        ffi::OutKind::Bf16
+    } else {
+        ffi::OutKind::F16
+    };
+    gemm_impl(
+        stream,
+        x,
+        m,
+        w,
+        Some(scales),
+        bias,
+        out_ptr,
+        len,
+        kind,
+        ws,
+        cfg,
+    )
 }
 
 /// The exact INT32 accumulators `X_s8 · W_s8ᵀ` `[M, N]` (same kernels, no epilogue).
@@ -442,7 +493,19 @@ pub fn w4a8_gemm_i32(
 ) -> Result<()> {
     let len = out.len();
     let (out_ptr, _g) = out.device_ptr_mut(stream);
-    gemm_impl(stream, x, m, w, None, None, out_ptr, len, ffi::OutKind::I32, ws, cfg)
+    gemm_impl(
+        stream,
+        x,
+        m,
+        w,
+        None,
+        None,
+        out_ptr,
+        len,
+        ffi::OutKind::I32,
+        ws,
+        cfg,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -463,11 +526,16 @@ fn quant_impl<T: Half>(
         return Err(Error::shape("M", "at least 1", 0));
     }
     if k == 0 || k % 8 != 0 {
-        return Err(Error::unsupported("K", format!("activation quantization needs K % 8 == 0, got {k}")));
+        return Err(Error::unsupported(
+            "K",
+            format!("activation quantization needs K % 8 == 0, got {k}"),
+        ));
     }
     to_i32("M", m)?;
     to_i32("K", k)?;
-    let mk = m.checked_mul(k).ok_or_else(|| Error::unsupported("M·K", "overflows"))?;
+    let mk = m
+        .checked_mul(k)
+        .ok_or_else(|| Error::unsupported("M·K", "overflows"))?;
     check_len("x (M·K)", mk, x.len())?;
     check_len("q (M·K)", mk, q.len())?;
     if let Some(s) = smooth {
@@ -527,7 +595,10 @@ pub fn quantize_acts_static<T: Half>(
     q: &mut impl DevicePtrMut<i8>,
 ) -> Result<()> {
     if !(scale.is_finite() && scale > 0.0) {
-        return Err(Error::InvalidArgument { what: "static scale", reason: format!("must be finite and > 0, got {scale}") });
+        return Err(Error::InvalidArgument {
+            what: "static scale",
+            reason: format!("must be finite and > 0, got {scale}"),
+        });
     }
     quant_impl(stream, x, m, k, smooth, scale, q, None)
 }

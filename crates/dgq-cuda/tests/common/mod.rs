@@ -43,13 +43,16 @@ pub fn random_weight(n: usize, k: usize, gs: usize, seed: u64) -> DualGrainedWei
         *v = rng.below(16) as i8;
     }
     let mut q = Array2::<u8>::zeros((n, k));
-    q.axis_iter_mut(ndarray::Axis(0)).into_par_iter().enumerate().for_each(|(r, mut row)| {
-        let mut rng = Rng(seed ^ (r as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
-        for (c, v) in row.iter_mut().enumerate() {
-            let (lo, hi) = q_bounds(zeros[[r, c / gs]] as i32, s2[[r, c / gs]] as i32);
-            *v = (lo + rng.below((hi - lo + 1) as u64) as i32) as u8;
-        }
-    });
+    q.axis_iter_mut(ndarray::Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(r, mut row)| {
+            let mut rng = Rng(seed ^ (r as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+            for (c, v) in row.iter_mut().enumerate() {
+                let (lo, hi) = q_bounds(zeros[[r, c / gs]] as i32, s2[[r, c / gs]] as i32);
+                *v = (lo + rng.below((hi - lo + 1) as u64) as i32) as u8;
+            }
+        });
     let s1 = Array1::from_shape_fn(n, |_| f16::from_f32(1e-3 + 1e-2 * rng.uniform()));
     DualGrainedWeight::new(gs, q, zeros, s2, s1).expect("random weight is valid")
 }
@@ -57,7 +60,9 @@ pub fn random_weight(n: usize, k: usize, gs: usize, seed: u64) -> DualGrainedWei
 /// Random int8 activations in [−127, 127].
 pub fn random_acts(m: usize, k: usize, seed: u64) -> Vec<i8> {
     let mut rng = Rng(seed);
-    (0..m * k).map(|_| (rng.below(255) as i32 - 127) as i8).collect()
+    (0..m * k)
+        .map(|_| (rng.below(255) as i32 - 127) as i8)
+        .collect()
 }
 
 /// Exact INT32 reference `X · W_s8ᵀ` (i64 accumulation, checked to fit i32).
@@ -73,7 +78,11 @@ pub fn ref_gemm_i32(x: &[i8], m: usize, w8: &Array2<i8>) -> Vec<i32> {
             // i32 partial sums over 256 columns cannot overflow (256·127·127 < 2^31).
             let mut acc: i64 = 0;
             for (xc, wc) in xr.chunks(256).zip(wr.chunks(256)) {
-                acc += xc.iter().zip(wc).map(|(&a, &b)| a as i32 * b as i32).sum::<i32>() as i64;
+                acc += xc
+                    .iter()
+                    .zip(wc)
+                    .map(|(&a, &b)| a as i32 * b as i32)
+                    .sum::<i32>() as i64;
             }
             *o = i32::try_from(acc).expect("accumulator fits i32");
         }
@@ -82,12 +91,18 @@ pub fn ref_gemm_i32(x: &[i8], m: usize, w8: &Array2<i8>) -> Vec<i32> {
 }
 
 /// CPU dynamic per-token quantization, as specified for dgq_core::act (round half to even).
-pub fn ref_quant_dynamic(x: &[f32], m: usize, k: usize, smooth: Option<&[f32]>) -> (Vec<i8>, Vec<f32>) {
+pub fn ref_quant_dynamic(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    smooth: Option<&[f32]>,
+) -> (Vec<i8>, Vec<f32>) {
     let mut q = vec![0i8; m * k];
     let mut scales = vec![0f32; m];
     for r in 0..m {
-        let row: Vec<f32> =
-            (0..k).map(|c| smooth.map_or(x[r * k + c], |s| x[r * k + c] / s[c])).collect();
+        let row: Vec<f32> = (0..k)
+            .map(|c| smooth.map_or(x[r * k + c], |s| x[r * k + c] / s[c]))
+            .collect();
         let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
         scales[r] = amax / 127.0;
         let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
@@ -99,7 +114,13 @@ pub fn ref_quant_dynamic(x: &[f32], m: usize, k: usize, smooth: Option<&[f32]>) 
 }
 
 /// CPU static quantization with `inv = 1 / scale`.
-pub fn ref_quant_static(x: &[f32], m: usize, k: usize, smooth: Option<&[f32]>, scale: f32) -> Vec<i8> {
+pub fn ref_quant_static(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    smooth: Option<&[f32]>,
+    scale: f32,
+) -> Vec<i8> {
     let inv = 1.0 / scale;
     (0..m * k)
         .map(|i| {

@@ -24,6 +24,11 @@ namespace dgq {
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeRows = 16 * kDecodeWarps;
 constexpr int kDecodeUnroll = 4;
+// Chunks in flight per warp. (8 for one token tile measured slower on H100: fewer resident CTAs.)
+template <int NT>
+__host__ __device__ constexpr int decode_unroll() {
+  return kDecodeUnroll;
+}
 
 template <int NT, int OUT>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmParams p, const int split,
@@ -53,13 +58,14 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
 
-  for (int c = c_begin; c < c_end; c += kDecodeUnroll) {
-    uint4 w[kDecodeUnroll];
-    uint32_t meta[kDecodeUnroll];
-    uint4 xv[kDecodeUnroll][NT];
+  constexpr int U = decode_unroll<NT>();
+  for (int c = c_begin; c < c_end; c += U) {
+    uint4 w[U];
+    uint32_t meta[U];
+    uint4 xv[U][NT];
     // Issue every load of the batch before the first use so that several are in flight.
 #pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       const int cc = c + u;
       const bool ok = cc < c_end;
       w[u] = ok ? ld_stream(wp + static_cast<size_t>(cc) * 32) : make_uint4(0, 0, 0, 0);
@@ -72,7 +78,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
       }
     }
 #pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) {
+    for (int u = 0; u < U; ++u) {
       uint32_t a[2][4];
       dequant(w[u], meta[u], a);
 #pragma unroll
@@ -256,6 +262,12 @@ __global__ void __launch_bounds__(kPfThreads, 2) prefill_kernel(const GemmParams
   }
 }
 
+}  // namespace dgq
+
+#include "gemm_wgmma.cuh"
+
+namespace dgq {
+
 // ------------------------------------------------------------------------------------------
 // Dispatch.
 // ------------------------------------------------------------------------------------------
@@ -339,6 +351,16 @@ int launch_prefill(const GemmParams &p, int num_sms, cudaStream_t stream) {
 }
 
 template <int OUT>
+int launch_wgmma(const GemmParams &p, cudaStream_t stream) {
+  const cudaError_t e = cudaFuncSetAttribute(wgmma_kernel<OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(kWgSmemBytes));
+  if (e != cudaSuccess) return static_cast<int>(e);
+  const int tiles = (p.n / kWgBN) * ((p.m + kWgBM - 1) / kWgBM);
+  wgmma_kernel<OUT><<<tiles, kWgThreads, kWgSmemBytes, stream>>>(p);
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <int OUT>
 int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
   const int num_sms = a.num_sms > 0 ? a.num_sms : 132;
   bool use_decode = a.kernel == DGQ_KERNEL_DECODE || (a.kernel == DGQ_KERNEL_AUTO && a.m <= 32);
@@ -355,6 +377,13 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
     }
     return launch_decode<OUT>(p, std::max(split, 1), stream);
   }
+  // The wgmma kernel needs whole 256-channel tiles, and (measured on H100) only pays off once its
+  // 256×128 tiles occupy at least ~60 % of the SMs; the mma.sync kernel, with smaller token
+  // tiles, takes the rest.
+  const int wg_tiles = (a.n / kWgBN) * ((a.m + kWgBM - 1) / kWgBM);
+  const bool wg_ok = a.n % kWgBN == 0;
+  if (wg_ok && (a.kernel == DGQ_KERNEL_PREFILL || (a.kernel == DGQ_KERNEL_AUTO && wg_tiles * 5 >= num_sms * 3)))
+    return launch_wgmma<OUT>(p, stream);
   return launch_prefill<OUT>(p, num_sms, stream);
 }
 

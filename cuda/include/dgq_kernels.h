@@ -9,8 +9,8 @@
  * Prepared weight layout (see crates/dgq-cuda/src/layout.rs for the exact bijection):
  *   wq    : [N/16][K/64][32 lanes][16 B]  packed u4 codes q' = q - qmin(group), nibble order
  *           chosen so that lane (g = lane/4, t = lane%4) holds rows 16r+g and 16r+g+8,
- *           columns 64c + 16t .. 64c + 16t + 15 (the m16n8k32 A fragments of two k-steps,
- *           with K permuted identically for A and B).
+ *           columns 64c + 16t .. 64c + 16t + 15 (the m16n8k32 / m64nNk32 A fragments of two
+ *           k-steps, with K permuted identically for the activations).
  *   wmeta : [N/16][K/group][8] u32 = S2(row g) | a(row g) << 8 | S2(row g+8) << 16 | a(row g+8) << 24,
  *           a = 128 + S2·(qmin − z), so that the int8 weight is ((q'·S2 + a) mod 256) ^ 0x80.
  */
@@ -43,8 +43,10 @@ typedef enum DgqKernel {
   DGQ_KERNEL_AUTO = 0,
   /** Memory-bound split-K kernel (M <= 32). */
   DGQ_KERNEL_DECODE = 1,
-  /** Tiled tensor-core kernel with a cp.async pipeline (any M). */
+  /** Tiled tensor-core kernel (any M): Hopper wgmma when N % 256 == 0, else DGQ_KERNEL_PREFILL_MMA. */
   DGQ_KERNEL_PREFILL = 2,
+  /** Tiled mma.sync kernel with a cp.async pipeline (any M). */
+  DGQ_KERNEL_PREFILL_MMA = 3,
 } DgqKernel;
 
 /** Input element type of activation quantization. */

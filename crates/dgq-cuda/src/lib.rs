@@ -11,7 +11,9 @@
 //! - [`w4a8_gemm`]: int8 `[M, K]` × prepared `[N, K]` → f16/bf16 `[M, N]` with the
 //!   `s_x[m]·s1[n]` epilogue and optional bias; [`w4a8_gemm_i32`] returns the exact INT32
 //!   accumulators. u4 weights stay u4 in device memory and are expanded to int8 in registers
-//!   inside the main loop; the products run on INT8 tensor cores (`mma.sync` m16n8k32).
+//!   inside the main loop; the products run on INT8 tensor cores: `mma.sync` m16n8k32 in the
+//!   split-K decode kernel (M ≤ 32), `wgmma` m64n128k32 with the weights as the register
+//!   operand in the prefill kernel.
 //!
 //! Every launch is enqueued on the caller's stream; nothing synchronises and nothing allocates
 //! in the hot path (the split-K scratch is an explicit [`GemmWorkspace`]).
@@ -272,8 +274,11 @@ pub enum KernelChoice {
     Auto,
     /// The split-K decode kernel (M ≤ [`DECODE_MAX_M`]).
     Decode,
-    /// The tiled tensor-core kernel (any M).
+    /// The tiled tensor-core kernel (any M): Hopper `wgmma` when N % 256 == 0, otherwise the
+    /// `mma.sync` kernel.
     Prefill,
+    /// The tiled `mma.sync` kernel (any M).
+    PrefillMma,
 }
 
 /// Tuning knobs of [`w4a8_gemm`]; the defaults are what callers normally want.
@@ -434,6 +439,7 @@ fn gemm_impl(
             KernelChoice::Auto => 0,
             KernelChoice::Decode => 1,
             KernelChoice::Prefill => 2,
+            KernelChoice::PrefillMma => 3,
         },
         split_k,
         num_sms: w.num_sms,

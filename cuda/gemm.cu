@@ -311,6 +311,27 @@ int decode_split(int m, int n, int k, int num_sms) {
   return (kc + per - 1) / per;
 }
 
+// Split-K of the wgmma kernel: one resident CTA per SM, so fill the SMs once when the output
+// tiles alone do not, keeping at least 8 pipeline stages (K = 1024) per split so the partial
+// sums' round trip through L2 stays small against the main loop.
+int wgmma_split(int m, int n, int k, int num_sms) {
+  if (m < 1 || n % kWgBN != 0 || k % (kChunkK * kWgChunks) != 0) return 0;
+  const int tiles = (n / kWgBN) * ((m + kWgBM - 1) / kWgBM);
+  const int stages = k / (kChunkK * kWgChunks);
+  int split = std::max(1, std::max(1, num_sms) / tiles);
+  split = std::min(split, std::max(1, stages / 8));
+  const int per = (stages + split - 1) / split;
+  return (stages + per - 1) / per;
+}
+
+// Auto choice between the tiled kernels (measured on H100): with short K and fewer 256×128 tiles
+// than half the SMs, the mma.sync kernel's smaller token tiles beat a split-K wgmma.
+bool prefer_wgmma(int m, int n, int k, int num_sms) {
+  if (n % kWgBN != 0) return false;
+  const int tiles = (n / kWgBN) * ((m + kWgBM - 1) / kWgBM);
+  return k >= 8192 || 2 * tiles >= num_sms;
+}
+
 template <int OUT>
 int launch_decode(const GemmParams &p, int split, cudaStream_t stream) {
   const int kc = p.k / kChunkK;
@@ -351,12 +372,15 @@ int launch_prefill(const GemmParams &p, int num_sms, cudaStream_t stream) {
 }
 
 template <int OUT>
-int launch_wgmma(const GemmParams &p, cudaStream_t stream) {
+int launch_wgmma(const GemmParams &p, int split, cudaStream_t stream) {
   const cudaError_t e = cudaFuncSetAttribute(wgmma_kernel<OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(kWgSmemBytes));
   if (e != cudaSuccess) return static_cast<int>(e);
   const int tiles = (p.n / kWgBN) * ((p.m + kWgBM - 1) / kWgBM);
-  wgmma_kernel<OUT><<<tiles, kWgThreads, kWgSmemBytes, stream>>>(p);
+  const int stages = p.k / (kChunkK * kWgChunks);
+  const int per = (stages + split - 1) / split;
+  split = (stages + per - 1) / per;
+  wgmma_kernel<OUT><<<dim3(tiles, split), kWgThreads, kWgSmemBytes, stream>>>(p, split, per);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -377,13 +401,22 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
     }
     return launch_decode<OUT>(p, std::max(split, 1), stream);
   }
-  // The wgmma kernel needs whole 256-channel tiles, and (measured on H100) only pays off once its
-  // 256×128 tiles occupy at least ~60 % of the SMs; the mma.sync kernel, with smaller token
-  // tiles, takes the rest.
-  const int wg_tiles = (a.n / kWgBN) * ((a.m + kWgBM - 1) / kWgBM);
-  const bool wg_ok = a.n % kWgBN == 0;
-  if (wg_ok && (a.kernel == DGQ_KERNEL_PREFILL || (a.kernel == DGQ_KERNEL_AUTO && wg_tiles * 5 >= num_sms * 3)))
-    return launch_wgmma<OUT>(p, stream);
+  // The wgmma kernel needs whole 256-channel tiles; the mma.sync kernel takes the rest.
+  const bool wgmma = a.n % kWgBN == 0 && (a.kernel == DGQ_KERNEL_PREFILL ||
+                                          (a.kernel == DGQ_KERNEL_AUTO && prefer_wgmma(a.m, a.n, a.k, num_sms)));
+  if (wgmma) {
+    const int tiles = (a.n / kWgBN) * ((a.m + kWgBM - 1) / kWgBM);
+    int split = a.split_k > 0 ? a.split_k : wgmma_split(a.m, a.n, a.k, num_sms);
+    split = std::min(split, a.k / (kChunkK * kWgChunks));
+    if (split > 1) {
+      // Shrink the split to what the caller's workspace holds rather than failing.
+      const size_t per_split = static_cast<size_t>(a.m) * a.n;
+      const size_t fit = a.ws_partials == nullptr ? 0 : a.ws_partials_len / per_split;
+      if (a.ws_counters == nullptr || a.ws_counters_len < static_cast<size_t>(tiles)) split = 1;
+      split = static_cast<int>(std::min<size_t>(split, std::max<size_t>(fit, 1)));
+    }
+    return launch_wgmma<OUT>(p, std::max(split, 1), stream);
+  }
   return launch_prefill<OUT>(p, num_sms, stream);
 }
 
@@ -392,8 +425,24 @@ bool aligned(const void *ptr, size_t a) { return (reinterpret_cast<uintptr_t>(pt
 }  // namespace
 }  // namespace dgq
 
-extern "C" int dgq_w4a8_decode_split(int32_t m, int32_t n, int32_t k, int32_t num_sms) {
-  return dgq::decode_split(m, n, k, num_sms);
+extern "C" void dgq_w4a8_workspace_len(int32_t m, int32_t n, int32_t k, int32_t num_sms, size_t *partials,
+                                       size_t *counters) {
+  using namespace dgq;
+  size_t parts = 0, cnt = 0;
+  if (m >= 1 && m <= 32) {
+    const int split = decode_split(m, n, k, num_sms);
+    if (split > 1) parts = static_cast<size_t>(split) * m * n;
+    cnt = static_cast<size_t>(n / kDecodeRows);
+  } else if (m > 32 && prefer_wgmma(m, n, k, num_sms)) {
+    const int split = wgmma_split(m, n, k, num_sms);
+    const size_t tiles = static_cast<size_t>(n / kWgBN) * ((m + kWgBM - 1) / kWgBM);
+    if (split > 1) {
+      parts = static_cast<size_t>(split) * m * n;
+      cnt = tiles;
+    }
+  }
+  if (partials != nullptr) *partials = parts;
+  if (counters != nullptr) *counters = cnt;
 }
 
 extern "C" int dgq_w4a8_gemm(const DgqGemmArgs *a, void *stream) {

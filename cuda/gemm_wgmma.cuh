@@ -61,8 +61,12 @@ __device__ __forceinline__ void wgmma_m64n128k32_rs(int32_t (&d)[64], const uint
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 }
 
+// grid.x: output tiles (grouped raster); grid.y: K splits. With split > 1 every CTA writes its
+// INT32 partial tile to the workspace and the last CTA of a tile (atomic ticket) reduces the
+// splits and runs the epilogue, then rearms the tile's counter.
 template <int OUT>
-__global__ void __launch_bounds__(kWgThreads, 1) wgmma_kernel(const GemmParams p) {
+__global__ void __launch_bounds__(kWgThreads, 1) wgmma_kernel(const GemmParams p, const int split,
+                                                              const int stages_per_split) {
   // 1024-byte alignment: the 128-byte swizzle XORs address bits 4–6 with bits 7–9.
   extern __shared__ __align__(1024) uint4 smem[];
   const int tid = threadIdx.x, lane = tid & 31;
@@ -81,7 +85,9 @@ __global__ void __launch_bounds__(kWgThreads, 1) wgmma_kernel(const GemmParams p
 
   const int kc = p.k / kChunkK;
   const int ng = p.k / p.group_size;
-  const int kt_total = kc / kWgChunks;
+  const int kt_begin = blockIdx.y * stages_per_split;
+  const int kt_end = min(kc / kWgChunks, kt_begin + stages_per_split);
+  const int kt_total = kt_end - kt_begin;  // stages of this CTA; loads add kt_begin
   const int rt0 = tile_n * (kWgBN / 16);
   const int m_base = tile_m * kWgBM;
 
@@ -108,7 +114,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) wgmma_kernel(const GemmParams p
     uint4 *sw = sx + kWgX_U4;
 #pragma unroll
     for (int r = 0; r < kWgW_U4 / kWgThreads; ++r) {
-      cp_async16(sw + tid + r * kWgThreads, wsrc + r * wstride + kt * (kWgChunks * 32), 16);
+      cp_async16(sw + tid + r * kWgThreads, wsrc + r * wstride + (kt_begin + kt) * (kWgChunks * 32), 16);
     }
     // X as the K-major B operand with the 128-byte swizzle: token row t (128 bytes = the whole
     // stage's K) at 128·t, its 16-byte chunk c stored at chunk c ^ (t % 8). K is permuted 4 bytes
@@ -116,7 +122,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) wgmma_kernel(const GemmParams p
     // activation word 16(u/4) + 4w + 2((u/2)&1) + (u&1). A warp writes 8 rows × one chunk
     // (conflict-free thanks to the swizzle); cp.async.ca keeps the row segments in L1.
     uint32_t *sxw = reinterpret_cast<uint32_t *>(sx);
-    const size_t koff = static_cast<size_t>(kt) * (kWgChunks * kChunkK);
+    const size_t koff = static_cast<size_t>(kt_begin + kt) * (kWgChunks * kChunkK);
 #pragma unroll
     for (int r = 0; r < 16; ++r) {
       const int x = r & 1, u = r >> 1;
@@ -155,7 +161,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) wgmma_kernel(const GemmParams p
     const uint4 *sw = sx + kWgX_U4;
 #pragma unroll
     for (int c = 0; c < kWgChunks; ++c) {
-      const int grp = (kt * kWgChunks + c) / p.chunks_per_group;
+      const int grp = ((kt_begin + kt) * kWgChunks + c) / p.chunks_per_group;
 #pragma unroll
       for (int sub = 0; sub < 2; ++sub) {
         const uint32_t meta = __ldg(meta0 + sub * meta_sub_stride + static_cast<size_t>(grp) * 8);
@@ -190,6 +196,24 @@ __global__ void __launch_bounds__(kWgThreads, 1) wgmma_kernel(const GemmParams p
   cp_async_wait<0>();
 
   const int t = lane & 3;
+  if (split == 1) {
+#pragma unroll
+    for (int sub = 0; sub < 2; ++sub) {
+      const int n0 = (rt0 + rtl0 + sub * 4) * 16 + g;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        const int m0 = m_base + i * 8 + t * 2;
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int m = m0 + (r & 1), n = n0 + (r >> 1) * 8;
+          if (m < p.m) store_out<OUT>(p, m, n, acc[sub][i * 4 + r]);
+        }
+      }
+    }
+    return;
+  }
+
+  int32_t *part = p.ws_partials + static_cast<size_t>(blockIdx.y) * p.m * p.n;
 #pragma unroll
   for (int sub = 0; sub < 2; ++sub) {
     const int n0 = (rt0 + rtl0 + sub * 4) * 16 + g;
@@ -199,10 +223,26 @@ __global__ void __launch_bounds__(kWgThreads, 1) wgmma_kernel(const GemmParams p
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int m = m0 + (r & 1), n = n0 + (r >> 1) * 8;
-        if (m < p.m) store_out<OUT>(p, m, n, acc[sub][i * 4 + r]);
+        if (m < p.m) part[static_cast<size_t>(m) * p.n + n] = acc[sub][i * 4 + r];
       }
     }
   }
+  __threadfence();
+  __syncthreads();
+  __shared__ bool is_last;
+  if (tid == 0) is_last = atomicAdd(p.ws_counters + blockIdx.x, 1u) == static_cast<unsigned>(split - 1);
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  const int rows = min(kWgBM, p.m - m_base);
+  for (int idx = tid; idx < rows * kWgBN; idx += kWgThreads) {
+    const int m = m_base + idx / kWgBN, n = tile_n * kWgBN + idx % kWgBN;
+    const int32_t *src = p.ws_partials + static_cast<size_t>(m) * p.n + n;
+    int32_t sum = 0;
+    for (int ss = 0; ss < split; ++ss) sum += __ldcg(src + static_cast<size_t>(ss) * p.m * p.n);
+    store_out<OUT>(p, m, n, sum);
+  }
+  if (tid == 0) p.ws_counters[blockIdx.x] = 0u;
 }
 
 }  // namespace dgq

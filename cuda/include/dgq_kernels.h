@@ -85,7 +85,7 @@ typedef struct DgqGemmArgs {
   size_t ws_counters_len;
   /** DgqKernel. */
   int32_t kernel;
-  /** Split-K factor for the decode kernel; 0 = heuristic. */
+  /** Split-K factor of the decode or wgmma kernel; 0 = heuristic. */
   int32_t split_k;
   /** Number of SMs of the device (for the heuristics). */
   int32_t num_sms;
@@ -94,8 +94,9 @@ typedef struct DgqGemmArgs {
 /** Enqueues the W4A8 GEMM Y = (s_x ⊗ s1) · (X_s8 · W_s8ᵀ) (+ bias). */
 int dgq_w4a8_gemm(const DgqGemmArgs *args, void *stream);
 
-/** Split-K factor the decode kernel would use (0 if the decode kernel does not apply). */
-int dgq_w4a8_decode_split(int32_t m, int32_t n, int32_t k, int32_t num_sms);
+/** Workspace (int32 partials, u32 counters, in elements) the heuristics want for one GEMM shape
+ *  with the default kernel choice; a smaller workspace only lowers the split-K factor. */
+void dgq_w4a8_workspace_len(int32_t m, int32_t n, int32_t k, int32_t num_sms, size_t *partials, size_t *counters);
 
 /** Arguments of dgq_quantize_acts. K % 8 == 0, x 16-byte aligned, q 8-byte aligned. */
 typedef struct DgqQuantArgs {

@@ -157,16 +157,19 @@ pub(crate) unsafe fn ping(_out: u64, _stream: *mut std::ffi::c_void) -> Result<(
     Err(Error::NotBuiltWithCuda)
 }
 
-/// Split-K factor of the decode kernel for a shape (0 when it does not apply or without CUDA).
-pub(crate) fn decode_split(m: i32, n: i32, k: i32, num_sms: i32) -> i32 {
+/// Workspace (int32 partials, u32 counters, in elements) the kernel heuristics want for one
+/// GEMM shape; (0, 0) without CUDA.
+pub(crate) fn workspace_len(m: i32, n: i32, k: i32, num_sms: i32) -> (usize, usize) {
     #[cfg(dgq_cuda_built)]
     {
-        // SAFETY: pure host function.
-        unsafe { sys::dgq_w4a8_decode_split(m, n, k, num_sms) }
+        let (mut parts, mut counters) = (0usize, 0usize);
+        // SAFETY: pure host function writing two size_t outputs.
+        unsafe { sys::dgq_w4a8_workspace_len(m, n, k, num_sms, &mut parts, &mut counters) };
+        (parts, counters)
     }
     #[cfg(not(dgq_cuda_built))]
     {
         let _ = (m, n, k, num_sms);
-        0
+        (0, 0)
     }
 }

@@ -224,7 +224,7 @@ impl PreparedDgqWeight {
     }
 }
 
-/// Split-K scratch for the decode kernel: int32 partial sums and per-tile counters. Counters
+/// Split-K scratch for the GEMM kernels: int32 partial sums and per-tile counters. Counters
 /// start at zero and every GEMM leaves them at zero. One workspace serves one stream at a time.
 #[derive(Debug)]
 pub struct GemmWorkspace {
@@ -232,9 +232,13 @@ pub struct GemmWorkspace {
     counters: CudaSlice<u32>,
 }
 
+/// Largest M for which [`GemmWorkspace::for_shapes`] sizes the split-K scratch; beyond it the
+/// output tiles alone fill the GPU for every supported shape of at least 4096 channels.
+pub const WORKSPACE_MAX_M: usize = 2048;
+
 impl GemmWorkspace {
-    /// A workspace large enough for the decode kernel's preferred split on every `(N, K)` in
-    /// `shapes` and every M ≤ [`DECODE_MAX_M`]. With a smaller workspace the GEMM still runs,
+    /// A workspace large enough for the kernels' preferred split-K factor on every `(N, K)` in
+    /// `shapes` and every M ≤ [`WORKSPACE_MAX_M`]. With a smaller workspace the GEMM still runs,
     /// with a smaller split.
     pub fn for_shapes(stream: &Arc<CudaStream>, shapes: &[(usize, usize)]) -> Result<Self> {
         if !BUILT_WITH_CUDA {
@@ -245,14 +249,11 @@ impl GemmWorkspace {
         let mut counters = 1usize;
         for &(n, k) in shapes {
             layout::check_supported(n, k, layout::CHUNK_K)?;
-            for m in 1..=DECODE_MAX_M {
-                let split =
-                    ffi::decode_split(m as i32, n as i32, k as i32, info.num_sms).max(1) as usize;
-                if split > 1 {
-                    partials = partials.max(split * m * n);
-                }
+            for m in 1..=WORKSPACE_MAX_M {
+                let (p, c) = ffi::workspace_len(m as i32, n as i32, k as i32, info.num_sms);
+                partials = partials.max(p);
+                counters = counters.max(c);
             }
-            counters = counters.max(n / 64);
         }
         Ok(GemmWorkspace {
             partials: stream.alloc_zeros(partials)?,
@@ -286,7 +287,8 @@ pub enum KernelChoice {
 pub struct GemmConfig {
     /// Kernel selection.
     pub kernel: KernelChoice,
-    /// Split-K factor of the decode kernel (`None`: heuristic).
+    /// Split-K factor of the decode or `wgmma` kernel (`None`: heuristic; capped by the
+    /// workspace).
     pub split_k: Option<u32>,
 }
 

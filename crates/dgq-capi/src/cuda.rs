@@ -44,8 +44,11 @@ pub enum dgq_cuda_kernel {
     DGQ_CUDA_KERNEL_AUTO = 0,
     /// The split-K decode kernel (small M only).
     DGQ_CUDA_KERNEL_DECODE = 1,
-    /// The tiled tensor-core kernel (any M).
+    /// The tiled tensor-core kernel (any M): Hopper `wgmma` where the shape allows, else
+    /// `mma.sync`.
     DGQ_CUDA_KERNEL_PREFILL = 2,
+    /// The tiled `mma.sync` kernel (any M).
+    DGQ_CUDA_KERNEL_PREFILL_MMA = 3,
 }
 
 /// Tuning knobs of the GPU GEMM; `dgq_cuda_gemm_config_default()` is what callers normally want.
@@ -55,7 +58,8 @@ pub enum dgq_cuda_kernel {
 pub struct dgq_cuda_gemm_config {
     /// A `dgq_cuda_kernel` value. Default: `DGQ_CUDA_KERNEL_AUTO`.
     pub kernel: i32,
-    /// Split-K factor of the decode kernel; 0 (default) lets the library choose.
+    /// Split-K factor of the decode or `wgmma` kernel; 0 (default) lets the library choose
+    /// (capped by the workspace).
     pub split_k: u32,
 }
 
@@ -73,7 +77,7 @@ fn unsupported() -> CResult<()> {
         dgq_status::DGQ_STATUS_UNSUPPORTED,
         if cfg!(feature = "cuda") {
             "CUDA support not available yet: dgq-capi was built with the `cuda` feature, but the \
-             dgq-cuda entry points are not wired in this version"
+             dgq_cuda_* entry points are not wired to dgq-cuda in this version"
         } else {
             "built without CUDA: rebuild dgq-capi with the `cuda` feature for the dgq_cuda_* functions"
         },

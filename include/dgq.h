@@ -206,9 +206,14 @@ typedef enum dgq_cuda_kernel {
      */
     DGQ_CUDA_KERNEL_DECODE = 1,
     /**
-     * The tiled tensor-core kernel (any M).
+     * The tiled tensor-core kernel (any M): Hopper `wgmma` where the shape allows, else
+     * `mma.sync`.
      */
     DGQ_CUDA_KERNEL_PREFILL = 2,
+    /**
+     * The tiled `mma.sync` kernel (any M).
+     */
+    DGQ_CUDA_KERNEL_PREFILL_MMA = 3,
 } dgq_cuda_kernel;
 
 /**
@@ -242,7 +247,8 @@ typedef struct dgq_cuda_gemm_config {
      */
     int32_t kernel;
     /**
-     * Split-K factor of the decode kernel; 0 (default) lets the library choose.
+     * Split-K factor of the decode or `wgmma` kernel; 0 (default) lets the library choose
+     * (capped by the workspace).
      */
     uint32_t split_k;
 } dgq_cuda_gemm_config;

@@ -32,7 +32,7 @@ use ndarray::{s, Array1, Array2, ArrayView2, Axis, CowArray, Ix2};
 use rayon::prelude::*;
 
 use super::dual_grained::{channel_scale, check_dgq_shape, q_bounds, DualGrainedWeight, W_S8_MAX};
-use super::rtn::{asym_params, min_max};
+use super::rtn::asym_params;
 use crate::error::{check_finite, Error, Result};
 
 /// How the output-MSE loss is evaluated.
@@ -493,10 +493,17 @@ impl Calib {
     }
 }
 
-/// Columns of `C` processed together: the `[K, MT]` tile of `C` is shared by a block of rows.
-const MT: usize = 256;
-/// Rows processed together by one task (they share each tile of `C`).
+/// Columns of `C` per tile: a group's `g` rows of the tile (64 KiB at g = 128) stay in L2 while
+/// the rows of a block replay on them, and the per-candidate accumulators `[candidates, MT]` of a
+/// block (about 660 KiB with the default grid) fit beside them.
+const MT: usize = 128;
+/// Rows per task (they share each tile of `C` and the GEMMs that start the replay).
 const ROW_BLOCK: usize = 16;
+/// Budget for a block's accumulators; a larger phase 2 grid gets fewer rows per block.
+const ACC_BYTES: usize = 1 << 20;
+/// Rows whose `a = C w` is computed by one multi-threaded GEMM before their blocks run; fixed so
+/// that the GEMM's shapes (and hence its rounding) do not depend on the thread count.
+const SUPER_BLOCK: usize = 256;
 /// Tag bit of an emit op (the rest is the candidate index); other ops are code changes.
 const EMIT: u32 = 1 << 31;
 
@@ -549,10 +556,33 @@ fn run(
     };
     let w: CowArray<f32, Ix2> = w.as_standard_layout();
     let ws = w.as_slice().unwrap_or_default();
-    let plans: Vec<RowPlan> = ws
-        .par_chunks(ROW_BLOCK * k)
-        .flat_map_iter(|rows| process_block(rows, k, calib, &grids))
-        .collect();
+    let n_cand = 1 + grids.p2.len();
+    let rb = (ACC_BYTES / (n_cand * MT * 4)).clamp(1, ROW_BLOCK);
+    let m = calib.m;
+    let mut plans: Vec<RowPlan> = Vec::with_capacity(n);
+    let mut a = vec![0f32; SUPER_BLOCK.min(n) * m];
+    for sup in ws.chunks(SUPER_BLOCK * k) {
+        let rows = sup.len() / k;
+        let a = &mut a[..rows * m];
+        matmul(
+            rows,
+            m,
+            k,
+            a,
+            m,
+            sup,
+            k,
+            &calib.c,
+            m,
+            gemm::Parallelism::Rayon(0),
+        );
+        let a = &*a;
+        plans.par_extend(
+            sup.par_chunks(rb * k)
+                .zip(a.par_chunks(rb * m))
+                .flat_map_iter(|(rows, a_rows)| process_block(rows, a_rows, k, calib, &grids)),
+        );
+    }
 
     let ng = k / g;
     let mut out = DualGrainedWeight {
@@ -604,21 +634,33 @@ fn run(
 }
 
 /// Phases 1 and 2 for a block of rows (row-major, `k` columns each).
-fn process_block(rows: &[f32], k: usize, calib: &Calib, grids: &Grids) -> Vec<RowPlan> {
+fn process_block(
+    rows: &[f32],
+    a_rows: &[f32],
+    k: usize,
+    calib: &Calib,
+    grids: &Grids,
+) -> Vec<RowPlan> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features `process_block_avx2` is compiled for.
-        return unsafe { process_block_avx2(rows, k, calib, grids) };
+        return unsafe { process_block_avx2(rows, a_rows, k, calib, grids) };
     }
     // aarch64 has fused multiply-add in its base instruction set.
-    process_block_impl::<{ cfg!(target_arch = "aarch64") }>(rows, k, calib, grids)
+    process_block_impl::<{ cfg!(target_arch = "aarch64") }>(rows, a_rows, k, calib, grids)
 }
 
 /// The same code compiled with AVX2 + FMA, so the loops below vectorize 8 wide.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn process_block_avx2(rows: &[f32], k: usize, calib: &Calib, grids: &Grids) -> Vec<RowPlan> {
-    process_block_impl::<true>(rows, k, calib, grids)
+unsafe fn process_block_avx2(
+    rows: &[f32],
+    a_rows: &[f32],
+    k: usize,
+    calib: &Calib,
+    grids: &Grids,
+) -> Vec<RowPlan> {
+    process_block_impl::<true>(rows, a_rows, k, calib, grids)
 }
 
 #[inline(always)]
@@ -642,6 +684,7 @@ fn fma64<const F: bool>(a: f64, b: f64, c: f64) -> f64 {
 #[inline(always)]
 fn process_block_impl<const F: bool>(
     rows: &[f32],
+    a_rows: &[f32],
     k: usize,
     calib: &Calib,
     grids: &Grids,
@@ -651,32 +694,141 @@ fn process_block_impl<const F: bool>(
     let mut p1_scratch = Phase1Scratch::new(g);
     let mut codes = vec![0i8; n_cand * g];
     let mut order: Vec<usize> = Vec::with_capacity(n_cand);
-    let mut plans: Vec<RowPlan> = rows
-        .chunks_exact(k)
-        .map(|w| {
-            let p1 = phase1_row::<F>(w, calib, grids, &mut p1_scratch);
-            plan_row::<F>(w, p1, grids, &mut codes, &mut order)
-        })
-        .collect();
+    // Plain loops here and below: iterator adapters that LLVM declines to inline would run
+    // outside this target-feature function, unvectorized (and with `mul_add` as a libm call).
+    let mut plans: Vec<RowPlan> = Vec::with_capacity(rows.len() / k);
+    for w in rows.chunks_exact(k) {
+        let p1 = phase1_row::<F>(w, calib, grids, &mut p1_scratch);
+        plans.push(plan_row(w, p1, grids, &mut codes, &mut order));
+    }
 
+    // Each group's first `y = C u0` per tile, as a small GEMM over the block's rows; the replay
+    // then only applies the sparse code changes.
+    let nr = plans.len();
+    let ng = k / g;
+    let mut u0 = vec![0f32; nr * k];
+    for (dst, plan) in u0.chunks_exact_mut(k).zip(&plans) {
+        dst.copy_from_slice(&plan.u0);
+    }
     let m = calib.m;
-    let mut a = vec![0f32; MT];
+    let mut y0 = vec![0f32; nr * ng * MT];
     let mut y = vec![0f32; MT];
-    let mut acc = vec![0f32; n_cand * MT];
+    let mut acc = vec![0f32; nr * n_cand * MT];
     for m0 in (0..m).step_by(MT) {
         let m1 = (m0 + MT).min(m);
-        for (w, plan) in rows.chunks_exact(k).zip(plans.iter_mut()) {
-            replay_tile::<F>(w, plan, calib, g, m0..m1, &mut a, &mut y, &mut acc);
+        let len = m1 - m0;
+        let ctile = &calib.c[m0..];
+        for gi in 0..ng {
+            matmul(
+                nr,
+                len,
+                g,
+                &mut y0[gi * len..],
+                ng * len,
+                &u0[gi * g..],
+                k,
+                &ctile[gi * g * m..],
+                m,
+                gemm::Parallelism::None,
+            );
+        }
+        let acc = &mut acc[..nr * n_cand * len];
+        acc.fill(0.0);
+        // Group-major, then rows: the group's `g` rows of the tile of C stay in cache while every
+        // row of the block replays its changes on them.
+        for gi in 0..ng {
+            for (r, plan) in plans.iter().enumerate() {
+                let y = &mut y[..len];
+                y.copy_from_slice(&y0[(r * ng + gi) * len..(r * ng + gi + 1) * len]);
+                let ops = &plan.ops[plan.group_ops[gi]..plan.group_ops[gi + 1]];
+                replay_group::<F>(
+                    ops,
+                    &calib.c,
+                    m,
+                    m0..m1,
+                    y,
+                    &mut acc[r * n_cand * len..(r + 1) * n_cand * len],
+                );
+            }
+        }
+        for (r, (w, plan)) in rows.chunks_exact(k).zip(plans.iter_mut()).enumerate() {
+            tile_losses(
+                w,
+                plan,
+                calib.direct,
+                g,
+                m0..m1,
+                &a_rows[r * m + m0..r * m + m1],
+                &acc[r * n_cand * len..(r + 1) * n_cand * len],
+            );
         }
     }
     plans
+}
+
+/// `dst[i·dst_rs + j] = Σ_l lhs[i·lhs_rs + l] · rhs[l·rhs_rs + j]` for `i < m, j < n, l < k`, in
+/// f32 with `gemm`.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: &[f32],
+    lhs_rs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    par: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            dst[i * dst_rs..i * dst_rs + n].fill(0.0);
+        }
+        return;
+    }
+    assert!(
+        dst.len() >= (m - 1) * dst_rs + n
+            && lhs.len() >= (m - 1) * lhs_rs + k
+            && rhs.len() >= (k - 1) * rhs_rs + n
+            && dst_rs >= n
+    );
+    // SAFETY: every element read or written lies inside the slices (checked above; column
+    // strides are 1), `dst` rows do not overlap (dst_rs ≥ n), and `dst` is a unique borrow.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            1,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
 }
 
 struct Phase1Scratch {
     wg: Vec<f64>,
     hw: Vec<f64>,
     v: Vec<f64>,
-    u: Vec<i32>,
+    u: Vec<i8>,
+    un: Vec<i8>,
 }
 
 impl Phase1Scratch {
@@ -686,6 +838,7 @@ impl Phase1Scratch {
             hw: vec![0.0; g],
             v: vec![0.0; g],
             u: vec![0; g],
+            un: vec![0; g],
         }
     }
 }
@@ -706,37 +859,44 @@ fn phase1_row<const F: bool>(
     let mut out = Vec::with_capacity(w.len() / g);
     for (gi, wg32) in w.chunks_exact(g).enumerate() {
         let h = &calib.blocks[gi * g * g..(gi + 1) * g * g];
-        s.wg.iter_mut().zip(wg32).for_each(|(d, &x)| *d = x as f64);
+        for (d, &x) in s.wg.iter_mut().zip(wg32) {
+            *d = x as f64;
+        }
         // hw = H w as Σ_j w_j H[j, :] (H symmetric): axpys vectorize, dot products would not.
         s.hw.fill(0.0);
         for (j, hj) in h.chunks_exact(g).enumerate() {
             let wj = s.wg[j];
-            s.hw.iter_mut()
-                .zip(hj)
-                .for_each(|(d, &hv)| *d = fma64::<F>(wj, hv, *d));
+            for (d, &hv) in s.hw.iter_mut().zip(hj) {
+                *d = fma64::<F>(wj, hv, *d);
+            }
         }
-        let whw: f64 = s.wg.iter().zip(&s.hw).map(|(a, b)| a * b).sum();
-        let (lo, hi) = min_max(wg32.iter().copied());
+        let mut whw = 0f64;
+        for (a, b) in s.wg.iter().zip(&s.hw) {
+            whw += a * b;
+        }
+        let (mut lo, mut hi) = (wg32[0], wg32[0]);
+        for &x in wg32 {
+            lo = lo.min(x);
+            hi = hi.max(x);
+        }
         s.v.fill(0.0);
         s.u.fill(0);
         let (mut uhu, mut uhw) = (0f64, 0f64);
         let mut best = (f64::INFINITY, asym_params(lo, hi, 15));
         for &r in &grids.p1 {
             let (sc, z) = asym_params(r * lo, r * hi, 15);
-            for j in 0..g {
-                let q = ((wg32[j] / sc).round_ties_even() as i32 + z).clamp(0, 15);
-                let un = q - z;
-                if un != s.u[j] {
-                    let d = (un - s.u[j]) as f64;
-                    let hj = &h[j * g..(j + 1) * g];
-                    uhu += d * (2.0 * s.v[j] + d * hj[j]);
-                    uhw += d * s.hw[j];
-                    s.v.iter_mut()
-                        .zip(hj)
-                        .for_each(|(v, &hv)| *v = fma64::<F>(d, hv, *v));
-                    s.u[j] = un;
+            let zf = z as f32;
+            fill_codes(&mut s.un, wg32, sc, zf, 0.0, 15.0);
+            for_each_diff(&s.u, &s.un, |j, old, new| {
+                let d = (new - old) as f64;
+                let hj = &h[j * g..(j + 1) * g];
+                uhu += d * (2.0 * s.v[j] + d * hj[j]);
+                uhw += d * s.hw[j];
+                for (v, &hv) in s.v.iter_mut().zip(hj) {
+                    *v = fma64::<F>(d, hv, *v);
                 }
-            }
+            });
+            std::mem::swap(&mut s.u, &mut s.un);
             let sf = sc as f64;
             let loss = whw - 2.0 * sf * uhw + sf * sf * uhu;
             if loss < best.0 {
@@ -750,7 +910,7 @@ fn phase1_row<const F: bool>(
 
 /// Builds the phase 2 candidates of one row and its replay ops.
 #[inline(always)]
-fn plan_row<const F: bool>(
+fn plan_row(
     w: &[f32],
     p1: Vec<(f32, i32)>,
     grids: &Grids,
@@ -761,20 +921,27 @@ fn plan_row<const F: bool>(
     let k = w.len();
     let ng = k / g;
     let n_cand = 1 + grids.p2.len();
-    let amax = w.iter().fold(0f32, |a, &x| a.max(x.abs()));
-    let rtn: Vec<(f32, i32)> = w
-        .chunks_exact(g)
-        .map(|wg| {
-            let (lo, hi) = min_max(wg.iter().copied());
-            asym_params(lo, hi, 15)
-        })
-        .collect();
-    let s1: Vec<f16> = std::iter::once(1.0)
-        .chain(grids.p2.iter().copied())
-        .map(|r| channel_scale(r * amax / W_S8_MAX as f32))
-        .collect();
+    let mut amax = 0f32;
+    for &x in w {
+        amax = amax.max(x.abs());
+    }
+    let mut rtn = Vec::with_capacity(ng);
+    for wg in w.chunks_exact(g) {
+        let (mut lo, mut hi) = (wg[0], wg[0]);
+        for &x in wg {
+            lo = lo.min(x);
+            hi = hi.max(x);
+        }
+        rtn.push(asym_params(lo, hi, 15));
+    }
+    let mut s1 = Vec::with_capacity(n_cand);
+    s1.push(channel_scale(amax / W_S8_MAX as f32));
+    for &r in &grids.p2 {
+        s1.push(channel_scale(r * amax / W_S8_MAX as f32));
+    }
     // Same arithmetic as `DualGrainedWeight::set_row`, so the evaluated codes are the stored ones.
     let mut cg = vec![[0f32; 4]; n_cand * ng];
+    let mut radius = vec![0i32; n_cand * ng];
     for (c, &s1c) in s1.iter().enumerate() {
         let params = if c == 0 { &rtn } else { &p1 };
         let s1f = s1c.to_f32();
@@ -782,6 +949,7 @@ fn plan_row<const F: bool>(
             let s2 = (sg / s1f).round_ties_even().clamp(1.0, W_S8_MAX as f32) as i32;
             let (lo, hi) = q_bounds(z, s2);
             cg[c * ng + gi] = [s1f * s2 as f32, z as f32, lo as f32, hi as f32];
+            radius[c * ng + gi] = W_S8_MAX / s2;
         }
     }
     let mut u0 = vec![0f32; k];
@@ -792,24 +960,41 @@ fn plan_row<const F: bool>(
         let wg = &w[gi * g..(gi + 1) * g];
         for c in 0..n_cand {
             let [t, z, lo, hi] = cg[c * ng + gi];
-            codes[c * g..(c + 1) * g]
-                .iter_mut()
-                .zip(wg)
-                .for_each(|(u, &x)| *u = code(x, t, z, lo, hi) as i8);
+            fill_codes(&mut codes[c * g..(c + 1) * g], wg, t, z, lo, hi);
         }
-        // Visiting candidates by increasing effective scale keeps consecutive code vectors close.
+        // Replay order: consecutive candidates should differ in few codes. Codes move with the
+        // clamp radius ⌊127/S2⌋ (monotone along the grid) and with the effective scale t (a
+        // sawtooth along the grid), so visit clamp classes from loose to tight and, inside each,
+        // sweep t up and down alternately (about 2 changes per weight on Gaussian rows, against 4
+        // in grid order and 10 sorted by t alone, where tight and loose clamps interleave).
         order.clear();
         order.extend(0..n_cand);
+        let key = |c: usize| (radius[c * ng + gi], cg[c * ng + gi][0]);
         order.sort_by(|&a, &b| {
-            cg[a * ng + gi][0]
-                .total_cmp(&cg[b * ng + gi][0])
-                .then(a.cmp(&b))
+            let (ka, kb) = (key(a), key(b));
+            kb.0.cmp(&ka.0).then(ka.1.total_cmp(&kb.1)).then(a.cmp(&b))
         });
+        let mut start = 0;
+        let mut class = 0;
+        while start < n_cand {
+            let r = key(order[start]).0;
+            let mut end = start;
+            while end < n_cand && key(order[end]).0 == r {
+                end += 1;
+            }
+            if class % 2 == 1 {
+                order[start..end].reverse();
+            }
+            class += 1;
+            start = end;
+        }
         let first = order[0];
-        u0[gi * g..(gi + 1) * g]
+        for (u, &c) in u0[gi * g..(gi + 1) * g]
             .iter_mut()
             .zip(&codes[first * g..(first + 1) * g])
-            .for_each(|(u, &c)| *u = c as f32);
+        {
+            *u = c as f32;
+        }
         ops.push(Op {
             idx: EMIT | first as u32,
             val: cg[first * ng + gi][0],
@@ -820,14 +1005,12 @@ fn plan_row<const F: bool>(
                 &codes[prev * g..(prev + 1) * g],
                 &codes[cur * g..(cur + 1) * g],
             );
-            for (j, (&a, &b)) in cp.iter().zip(cc).enumerate() {
-                if a != b {
-                    ops.push(Op {
-                        idx: (gi * g + j) as u32,
-                        val: (b - a) as f32,
-                    });
-                }
-            }
+            for_each_diff(cp, cc, |j, a, b| {
+                ops.push(Op {
+                    idx: (gi * g + j) as u32,
+                    val: (b - a) as f32,
+                })
+            });
             ops.push(Op {
                 idx: EMIT | cur as u32,
                 val: cg[cur * ng + gi][0],
@@ -847,6 +1030,50 @@ fn plan_row<const F: bool>(
     }
 }
 
+/// `dst[j] = code(w[j], t, z, lo, hi)`, vectorized.
+#[inline(always)]
+fn fill_codes(dst: &mut [i8], w: &[f32], t: f32, z: f32, lo: f32, hi: f32) {
+    for (d, &x) in dst.iter_mut().zip(w) {
+        // The code is an integer in [−15, 15]; adding 1.5·2^23 puts it in the low mantissa bits
+        // (two's complement in the low byte), a conversion that vectorizes, unlike `as i32`.
+        *d = (code(x, t, z, lo, hi) + 12_582_912.0).to_bits() as u8 as i8;
+    }
+}
+
+/// Calls `f(j, a[j], b[j])` for every `j` where the codes differ, skipping equal 8-byte words
+/// (changes are sparse).
+#[inline(always)]
+fn for_each_diff(a: &[i8], b: &[i8], mut f: impl FnMut(usize, i8, i8)) {
+    #[inline(always)]
+    fn word(c: &[i8]) -> u64 {
+        let mut x = 0u64;
+        for (i, &v) in c.iter().enumerate().take(8) {
+            x |= (v as u8 as u64) << (8 * i);
+        }
+        x
+    }
+    let n = a.len().min(b.len());
+    let full = n - n % 8;
+    for (w, (ca, cb)) in a[..full]
+        .chunks_exact(8)
+        .zip(b[..full].chunks_exact(8))
+        .enumerate()
+    {
+        if word(ca) != word(cb) {
+            for (l, (&x, &y)) in ca.iter().zip(cb).enumerate() {
+                if x != y {
+                    f(8 * w + l, x, y);
+                }
+            }
+        }
+    }
+    for j in full..n {
+        if a[j] != b[j] {
+            f(j, a[j], b[j]);
+        }
+    }
+}
+
 /// Code `q − z` of `x` with effective scale `t`, zero `z` and clamp `[lo, hi]`, as in
 /// [`asym_code`](super::rtn::asym_code) but in float so that it vectorizes (identical results:
 /// every value involved is an exactly representable integer).
@@ -855,57 +1082,52 @@ fn code(x: f32, t: f32, z: f32, lo: f32, hi: f32) -> f32 {
     ((x / t).round_ties_even() + z).clamp(lo, hi) - z
 }
 
-/// Replays one row's ops on the columns `cols` of `C` and adds each candidate's loss share.
-#[allow(clippy::too_many_arguments)]
+/// Replays one group's ops of one row on the columns `cols` of `C` (row-major, `m` columns):
+/// code changes update `y`, emits add `t·y` to the candidate's row of `acc` `[candidates, len]`.
 #[inline(always)]
-fn replay_tile<const F: bool>(
-    w: &[f32],
-    plan: &mut RowPlan,
-    calib: &Calib,
-    g: usize,
+fn replay_group<const F: bool>(
+    ops: &[Op],
+    c: &[f32],
+    m: usize,
     cols: Range<usize>,
-    a: &mut [f32],
     y: &mut [f32],
     acc: &mut [f32],
 ) {
-    let (m0, m1) = (cols.start, cols.end);
-    let len = m1 - m0;
-    let m = calib.m;
-    let n_cand = plan.loss.len();
-    let a = &mut a[..len];
-    let y = &mut y[..len];
-    let acc = &mut acc[..n_cand * len];
-    a.fill(0.0);
-    acc.fill(0.0);
-    let crow = |j: usize| &calib.c[j * m + m0..j * m + m1];
-    for (gi, ops) in plan.group_ops.windows(2).enumerate() {
-        y.fill(0.0);
-        // a = C w (the unquantized output) and y = C u0 for this group, in one pass over C.
-        for j in gi * g..(gi + 1) * g {
-            let (wj, uj) = (w[j], plan.u0[j]);
-            for ((av, yv), &cv) in a.iter_mut().zip(y.iter_mut()).zip(crow(j)) {
-                *av = fma::<F>(wj, cv, *av);
-                *yv = fma::<F>(uj, cv, *yv);
+    let len = cols.len();
+    for op in ops {
+        if op.idx & EMIT != 0 {
+            let cand = (op.idx & !EMIT) as usize;
+            for (d, &yv) in acc[cand * len..(cand + 1) * len].iter_mut().zip(y.iter()) {
+                *d = fma::<F>(op.val, yv, *d);
             }
-        }
-        for op in &plan.ops[ops[0]..ops[1]] {
-            if op.idx & EMIT != 0 {
-                let c = (op.idx & !EMIT) as usize;
-                for (d, &yv) in acc[c * len..(c + 1) * len].iter_mut().zip(y.iter()) {
-                    *d = fma::<F>(op.val, yv, *d);
-                }
-            } else {
-                for (yv, &cv) in y.iter_mut().zip(crow(op.idx as usize)) {
-                    *yv = fma::<F>(op.val, cv, *yv);
-                }
+        } else {
+            let j = op.idx as usize;
+            for (yv, &cv) in y.iter_mut().zip(&c[j * m + cols.start..j * m + cols.end]) {
+                *yv = fma::<F>(op.val, cv, *yv);
             }
         }
     }
+}
+
+/// Adds each candidate's share of the loss on the columns `cols`, from `a = C w` and
+/// `acc[c] = C ŵ_c` (both `len` long).
+#[inline(always)]
+fn tile_losses(
+    w: &[f32],
+    plan: &mut RowPlan,
+    direct: bool,
+    g: usize,
+    cols: Range<usize>,
+    a: &[f32],
+    acc: &[f32],
+) {
+    let (m0, m1) = (cols.start, cols.end);
+    let len = m1 - m0;
     let ng = w.len() / g;
     for (c, loss) in plan.loss.iter_mut().enumerate() {
         let p = &acc[c * len..(c + 1) * len];
         let mut lanes = [0f64; 8];
-        if calib.direct {
+        if direct {
             // ‖X e‖² over these tokens: X e = a − p.
             for (ch_a, ch_p) in a.chunks(8).zip(p.chunks(8)) {
                 for ((l, &av), &pv) in lanes.iter_mut().zip(ch_a).zip(ch_p) {
@@ -935,6 +1157,10 @@ fn replay_tile<const F: bool>(
                 m = end;
             }
         }
-        *loss += lanes.iter().sum::<f64>();
+        let mut total = 0f64;
+        for l in lanes {
+            total += l;
+        }
+        *loss += total;
     }
 }

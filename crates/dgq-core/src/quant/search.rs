@@ -247,7 +247,7 @@ impl Hessian {
 /// `dst [n, n] = X[:, cols]ᵀ X[:, cols]` for a row-major `x` with `k` columns, in f32 with `gemm`.
 fn gram_f32(x: &[f32], k: usize, cols: Range<usize>, dst: &mut [f32], par: gemm::Parallelism) {
     let n = cols.len();
-    let t = if k == 0 { 0 } else { x.len() / k };
+    let t = x.len().checked_div(k).unwrap_or(0);
     assert!(cols.end <= k && dst.len() >= n * n && x.len() == t * k);
     if n == 0 {
         return;
@@ -359,7 +359,7 @@ pub fn search_report(
     cfg: &DgqConfig,
 ) -> Result<(DualGrainedWeight, SearchReport)> {
     cfg.validate()?;
-    check_dgq_shape(w, cfg.group_size)?;
+    check_weight(w, cfg.group_size)?;
     let k = w.ncols();
     let (t, kx) = x.dim();
     if kx != k || t == 0 {
@@ -401,7 +401,7 @@ pub fn search_with_hessian_report(
             "needs the activations: call search(), or use LossMode::Auto/Hessian",
         ));
     }
-    check_dgq_shape(w, cfg.group_size)?;
+    check_weight(w, cfg.group_size)?;
     let k = w.ncols();
     if h.k() != k {
         return Err(Error::shape(
@@ -415,6 +415,19 @@ pub fn search_with_hessian_report(
     }
     let calib = Calib::from_hessian(h, cfg.group_size)?;
     run(w, &calib, cfg)
+}
+
+/// [`check_dgq_shape`], plus the size limit of the replay's column index.
+fn check_weight(w: ArrayView2<f32>, group_size: usize) -> Result<()> {
+    check_dgq_shape(w, group_size)?;
+    if w.ncols() > MAX_K {
+        return Err(Error::shape(
+            "weight",
+            format!("at most {MAX_K} input channels"),
+            format!("{:?}", w.shape()),
+        ));
+    }
+    Ok(())
 }
 
 /// The calibration data in the form the search reads.
@@ -504,14 +517,16 @@ const ACC_BYTES: usize = 1 << 20;
 /// Rows whose `a = C w` is computed by one multi-threaded GEMM before their blocks run; fixed so
 /// that the GEMM's shapes (and hence its rounding) do not depend on the thread count.
 const SUPER_BLOCK: usize = 256;
-/// Tag bit of an emit op (the rest is the candidate index); other ops are code changes.
+/// A replay op is one `u32` (ops are re-read for every tile, so they are kept small):
+/// - emit, `EMIT | c`: `acc[c] += t_g(c)·y`;
+/// - code change, `(δ + 64) << 24 | j`: `y += δ·C[j]` with `δ = Δ(q − z) ∈ [−30, 30]`.
 const EMIT: u32 = 1 << 31;
+/// Largest K whose column index fits a change op.
+const MAX_K: usize = 1 << 24;
 
-/// One step of a row's replay: `y += val·C[idx]` (code change) or `acc[idx & !EMIT] += val·y`.
-#[derive(Clone, Copy)]
-struct Op {
-    idx: u32,
-    val: f32,
+#[inline(always)]
+fn change_op(j: usize, delta: i8) -> u32 {
+    (((delta as i32 + 64) as u32) << 24) | j as u32
 }
 
 /// Everything phase 2 needs about one row.
@@ -526,9 +541,19 @@ struct RowPlan {
     /// Codes `q − z` of each group's first candidate in replay order.
     u0: Vec<f32>,
     /// Replay ops, group by group (`group_ops[g]..group_ops[g + 1]`).
-    ops: Vec<Op>,
+    ops: Vec<u32>,
+    /// Per group and candidate the effective scale `t`, `[groups, candidates]` (for emits).
+    t: Vec<f32>,
     group_ops: Vec<usize>,
     /// Loss per candidate, accumulated over tiles.
+    loss: Vec<f64>,
+}
+
+/// What is kept of a row once its losses are known.
+struct RowResult {
+    p1: Vec<(f32, i32)>,
+    rtn: Vec<(f32, i32)>,
+    s1: Vec<f16>,
     loss: Vec<f64>,
 }
 
@@ -559,7 +584,7 @@ fn run(
     let n_cand = 1 + grids.p2.len();
     let rb = (ACC_BYTES / (n_cand * MT * 4)).clamp(1, ROW_BLOCK);
     let m = calib.m;
-    let mut plans: Vec<RowPlan> = Vec::with_capacity(n);
+    let mut results: Vec<RowResult> = Vec::with_capacity(n);
     let mut a = vec![0f32; SUPER_BLOCK.min(n) * m];
     for sup in ws.chunks(SUPER_BLOCK * k) {
         let rows = sup.len() / k;
@@ -577,7 +602,7 @@ fn run(
             gemm::Parallelism::Rayon(0),
         );
         let a = &*a;
-        plans.par_extend(
+        results.par_extend(
             sup.par_chunks(rb * k)
                 .zip(a.par_chunks(rb * m))
                 .flat_map_iter(|(rows, a_rows)| process_block(rows, a_rows, k, calib, &grids)),
@@ -606,7 +631,7 @@ fn run(
         row_loss_final: Vec::with_capacity(n),
         row_choice: Vec::with_capacity(n),
     };
-    for (r, plan) in plans.iter().enumerate() {
+    for (r, plan) in results.iter().enumerate() {
         // Strictly smaller wins, scanning RTN first: ties keep the RTN decomposition.
         let mut best = 0;
         for (c, &l) in plan.loss.iter().enumerate().skip(1) {
@@ -640,7 +665,7 @@ fn process_block(
     k: usize,
     calib: &Calib,
     grids: &Grids,
-) -> Vec<RowPlan> {
+) -> Vec<RowResult> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features `process_block_avx2` is compiled for.
@@ -659,7 +684,7 @@ unsafe fn process_block_avx2(
     k: usize,
     calib: &Calib,
     grids: &Grids,
-) -> Vec<RowPlan> {
+) -> Vec<RowResult> {
     process_block_impl::<true>(rows, a_rows, k, calib, grids)
 }
 
@@ -688,7 +713,7 @@ fn process_block_impl<const F: bool>(
     k: usize,
     calib: &Calib,
     grids: &Grids,
-) -> Vec<RowPlan> {
+) -> Vec<RowResult> {
     let g = grids.g;
     let n_cand = 1 + grids.p2.len();
     let mut p1_scratch = Phase1Scratch::new(g);
@@ -743,6 +768,7 @@ fn process_block_impl<const F: bool>(
                 let ops = &plan.ops[plan.group_ops[gi]..plan.group_ops[gi + 1]];
                 replay_group::<F>(
                     ops,
+                    &plan.t[gi * n_cand..(gi + 1) * n_cand],
                     &calib.c,
                     m,
                     m0..m1,
@@ -764,6 +790,14 @@ fn process_block_impl<const F: bool>(
         }
     }
     plans
+        .into_iter()
+        .map(|p| RowResult {
+            p1: p.p1,
+            rtn: p.rtn,
+            s1: p.s1,
+            loss: p.loss,
+        })
+        .collect()
 }
 
 /// `dst[i·dst_rs + j] = Σ_l lhs[i·lhs_rs + l] · rhs[l·rhs_rs + j]` for `i < m, j < n, l < k`, in
@@ -995,29 +1029,24 @@ fn plan_row(
         {
             *u = c as f32;
         }
-        ops.push(Op {
-            idx: EMIT | first as u32,
-            val: cg[first * ng + gi][0],
-        });
+        ops.push(EMIT | first as u32);
         for p in 1..n_cand {
             let (prev, cur) = (order[p - 1], order[p]);
             let (cp, cc) = (
                 &codes[prev * g..(prev + 1) * g],
                 &codes[cur * g..(cur + 1) * g],
             );
-            for_each_diff(cp, cc, |j, a, b| {
-                ops.push(Op {
-                    idx: (gi * g + j) as u32,
-                    val: (b - a) as f32,
-                })
-            });
-            ops.push(Op {
-                idx: EMIT | cur as u32,
-                val: cg[cur * ng + gi][0],
-            });
+            for_each_diff(cp, cc, |j, a, b| ops.push(change_op(gi * g + j, b - a)));
+            ops.push(EMIT | cur as u32);
         }
     }
     group_ops.push(ops.len());
+    let mut t = vec![0f32; ng * n_cand];
+    for (gi, tg) in t.chunks_exact_mut(n_cand).enumerate() {
+        for (c, tv) in tg.iter_mut().enumerate() {
+            *tv = cg[c * ng + gi][0];
+        }
+    }
     RowPlan {
         p1,
         rtn,
@@ -1025,6 +1054,7 @@ fn plan_row(
         cg,
         u0,
         ops,
+        t,
         group_ops,
         loss: vec![0.0; n_cand],
     }
@@ -1085,8 +1115,10 @@ fn code(x: f32, t: f32, z: f32, lo: f32, hi: f32) -> f32 {
 /// Replays one group's ops of one row on the columns `cols` of `C` (row-major, `m` columns):
 /// code changes update `y`, emits add `t·y` to the candidate's row of `acc` `[candidates, len]`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn replay_group<const F: bool>(
-    ops: &[Op],
+    ops: &[u32],
+    t: &[f32],
     c: &[f32],
     m: usize,
     cols: Range<usize>,
@@ -1094,16 +1126,61 @@ fn replay_group<const F: bool>(
     acc: &mut [f32],
 ) {
     let len = cols.len();
-    for op in ops {
-        if op.idx & EMIT != 0 {
-            let cand = (op.idx & !EMIT) as usize;
+    if len % RW != 0 {
+        return replay_group_any::<F>(ops, t, c, m, cols, y, acc);
+    }
+    // Sub-chunks of RW columns whose `y` lives in registers across the ops.
+    for s0 in (0..len).step_by(RW) {
+        let mut yr = [0f32; RW];
+        yr.copy_from_slice(&y[s0..s0 + RW]);
+        for &op in ops {
+            if op & EMIT != 0 {
+                let cand = (op & !EMIT) as usize;
+                let tv = t[cand];
+                let d = &mut acc[cand * len + s0..cand * len + s0 + RW];
+                for (d, &yv) in d.iter_mut().zip(yr.iter()) {
+                    *d = fma::<F>(tv, yv, *d);
+                }
+            } else {
+                let j = (op & 0x00ff_ffff) as usize;
+                let delta = ((op >> 24) as i32 - 64) as f32;
+                let base = j * m + cols.start + s0;
+                let cj = &c[base..base + RW];
+                for (yv, &cv) in yr.iter_mut().zip(cj) {
+                    *yv = fma::<F>(delta, cv, *yv);
+                }
+            }
+        }
+    }
+}
+
+/// Register width of the replay's `y` (floats).
+const RW: usize = 64;
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn replay_group_any<const F: bool>(
+    ops: &[u32],
+    t: &[f32],
+    c: &[f32],
+    m: usize,
+    cols: Range<usize>,
+    y: &mut [f32],
+    acc: &mut [f32],
+) {
+    let len = cols.len();
+    for &op in ops {
+        if op & EMIT != 0 {
+            let cand = (op & !EMIT) as usize;
+            let tv = t[cand];
             for (d, &yv) in acc[cand * len..(cand + 1) * len].iter_mut().zip(y.iter()) {
-                *d = fma::<F>(op.val, yv, *d);
+                *d = fma::<F>(tv, yv, *d);
             }
         } else {
-            let j = op.idx as usize;
+            let j = (op & 0x00ff_ffff) as usize;
+            let delta = ((op >> 24) as i32 - 64) as f32;
             for (yv, &cv) in y.iter_mut().zip(&c[j * m + cols.start..j * m + cols.end]) {
-                *yv = fma::<F>(op.val, cv, *yv);
+                *yv = fma::<F>(delta, cv, *yv);
             }
         }
     }

@@ -592,7 +592,8 @@ pub fn quantize_acts_dynamic<T: Half>(
 }
 
 /// Static per-tensor INT8 quantization: `q = clamp(rne(x · (1/scale)), −127, 127)`, optionally
-/// after dividing by `smooth`. `scale` must be finite and > 0.
+/// after dividing by `smooth`. `scale` must be finite and `≥ 2⁻¹¹⁰`
+/// ([`dgq_core::act::MIN_STATIC_SCALE`], as on the CPU).
 pub fn quantize_acts_static<T: Half>(
     stream: &Arc<CudaStream>,
     x: &impl DevicePtr<T>,
@@ -602,10 +603,10 @@ pub fn quantize_acts_static<T: Half>(
     scale: f32,
     q: &mut impl DevicePtrMut<i8>,
 ) -> Result<()> {
-    if !(scale.is_finite() && scale > 0.0) {
+    if !(scale.is_finite() && scale >= dgq_core::act::MIN_STATIC_SCALE) {
         return Err(Error::InvalidArgument {
             what: "static scale",
-            reason: format!("must be finite and > 0, got {scale}"),
+            reason: format!("must be finite and >= 2^-110, got {scale}"),
         });
     }
     quant_impl(stream, x, m, k, smooth, scale, q, None)

@@ -106,9 +106,9 @@ fn check_i32(s: &Arc<CudaStream>, c: &mut Case, m: usize, seed: u64) {
 fn gemm_i32_is_bit_exact_small_shapes() {
     let Some((_ctx, s)) = gpu() else { return };
     let ms: &[usize] = if quick() {
-        &[1, 7, 16, 33, 128]
+        &[1, 7, 16, 33, 64, 128]
     } else {
-        &[1, 2, 7, 16, 33, 128, 1024]
+        &[1, 2, 7, 16, 33, 64, 65, 128, 1024]
     };
     for (i, &(n, k, gs)) in [
         (128, 128, 64),
@@ -138,7 +138,7 @@ fn gemm_i32_is_bit_exact_llama_shapes() {
         (4096, 4096, &[1, 2, 7, 16, 33, 128, 1024]),
         (11008, 4096, &[1, 16, 33, 128]),
         (4096, 11008, &[1, 16, 33, 128]),
-        (8192, 8192, &[1, 7, 16, 33, 128]),
+        (8192, 8192, &[1, 7, 16, 33, 64, 128]),
         (28672, 8192, &[1, 16, 33]),
     ];
     for (i, &(n, k, ms)) in shapes.iter().enumerate() {
@@ -453,7 +453,7 @@ fn bad_input_is_a_typed_error_and_launches_nothing() {
         Err(Error::Shape { .. })
     ));
     // Bad kernel options.
-    let big_m = 40;
+    let big_m = DECODE_MAX_M + 1;
     let xb = s.clone_htod(&random_acts(big_m, k, 2)).unwrap();
     let mut ob = s.alloc_zeros::<i32>(big_m * n).unwrap();
     let dec = GemmConfig {

@@ -1,7 +1,8 @@
 // INT8 activation quantization: f16/bf16 [M, K] -> int8 [M, K] + f32 scales, optionally dividing
 // by smoothing factors first. One CTA per token row. Arithmetic mirrors dgq_core::act exactly:
 // v = x / k_j (IEEE division), amax = max|v|, scale = amax / 127, inv = 127 / amax,
-// q = clamp(rne(v · inv), −127, 127); amax == 0 gives q = 0 and scale = 0. Static: inv = 1 / scale.
+// q = clamp(rne(v · inv), −127, 127); amax < 2^-100 (dgq_core::act::MIN_AMAX, zero included) gives
+// q = 0 and scale = 0. Static: inv = 1 / scale.
 
 #include <cuda_runtime.h>
 
@@ -11,7 +12,8 @@ namespace dgq {
 namespace {
 
 constexpr int kQThreads = 512;
-constexpr int kQCache = 8;  // 16-byte vectors kept in registers per thread between the two passes
+constexpr int kQCache = 8;
+constexpr float kMinAmax = 0x1p-100f;  // dgq_core::act::MIN_AMAX  // 16-byte vectors kept in registers per thread between the two passes
 
 template <typename T>
 __device__ __forceinline__ float to_f32(T v);
@@ -95,8 +97,9 @@ __global__ void __launch_bounds__(kQThreads) act_quant_kernel(const T *__restric
     amax = red[0];
 #pragma unroll
     for (int i = 1; i < kQThreads / 32; ++i) amax = fmaxf(amax, red[i]);
-    inv = amax > 0.f ? __fdiv_rn(127.f, amax) : 0.f;
-    if (threadIdx.x == 0) scales[row] = __fdiv_rn(amax, 127.f);
+    const bool zero_row = !(amax >= kMinAmax);
+    inv = zero_row ? 0.f : __fdiv_rn(127.f, amax);
+    if (threadIdx.x == 0) scales[row] = zero_row ? 0.f : __fdiv_rn(amax, 127.f);
   } else {
     inv = __fdiv_rn(1.f, static_scale);
   }

@@ -16,7 +16,7 @@
 namespace dgq {
 
 // ------------------------------------------------------------------------------------------
-// Decode kernel (M <= 32): memory-bound. CTA = 4 warps = 64 output channels (one 16-row tile
+// Decode kernel (M <= 64): memory-bound. CTA = 4 warps = 64 output channels (one 16-row tile
 // per warp) × one K slice; grid.y splits K so that all SMs stream weights. Partial sums of a
 // split go to the workspace; the last CTA of a row block (atomic ticket) reduces and runs the
 // epilogue, then rearms the counter, so the workspace needs no memset between calls.
@@ -25,10 +25,13 @@ constexpr int kDecodeWarps = 4;
 constexpr int kDecodeRows = 16 * kDecodeWarps;
 constexpr int kDecodeUnroll = 4;
 // Chunks in flight per warp. (8 for one token tile measured slower on H100: fewer resident CTAs.)
+// Eight token tiles (M <= 64) halve it to stay within registers.
 template <int NT>
 __host__ __device__ constexpr int decode_unroll() {
-  return kDecodeUnroll;
+  return NT >= 8 ? kDecodeUnroll / 2 : kDecodeUnroll;
 }
+constexpr int kDecodeMaxM = 64;
+__host__ __device__ constexpr int decode_nt(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
 template <int NT, int OUT>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmParams p, const int split,
@@ -57,6 +60,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
   int32_t acc[NT][4];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+
 
   constexpr int U = decode_unroll<NT>();
   for (int c = c_begin; c < c_end; c += U) {
@@ -276,8 +280,8 @@ namespace {
 // Resident CTAs per SM of the decode kernel for a token-tile count (occupancy API, cached:
 // the answer depends only on the compiled kernel).
 int decode_ctas_per_sm(int nt) {
-  static int cache[3] = {0, 0, 0};
-  const int slot = nt == 1 ? 0 : nt == 2 ? 1 : 2;
+  static int cache[4] = {0, 0, 0, 0};
+  const int slot = nt == 1 ? 0 : nt == 2 ? 1 : nt == 4 ? 2 : 3;
   if (cache[slot] == 0) {
     int b = 0;
     cudaError_t e;
@@ -285,8 +289,10 @@ int decode_ctas_per_sm(int nt) {
       e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<1, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
     } else if (nt == 2) {
       e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<2, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
-    } else {
+    } else if (nt == 4) {
       e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<4, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
+    } else {
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<8, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
     }
     if (e != cudaSuccess || b < 1) {
       (void)cudaGetLastError();
@@ -298,10 +304,10 @@ int decode_ctas_per_sm(int nt) {
 }
 
 int decode_split(int m, int n, int k, int num_sms) {
-  if (m < 1 || m > 32 || n % kDecodeRows != 0 || k % kChunkK != 0) return 0;
+  if (m < 1 || m > kDecodeMaxM || n % kDecodeRows != 0 || k % kChunkK != 0) return 0;
   const int row_blocks = n / kDecodeRows;
   const int kc = k / kChunkK;
-  const int nt = m <= 8 ? 1 : m <= 16 ? 2 : 4;
+  const int nt = decode_nt(m);
   // Fill every resident CTA slot once (a single wave: a partial second wave would stream its
   // share at a fraction of the bandwidth) while each warp keeps at least two batches of loads.
   const int slots = std::max(1, num_sms) * decode_ctas_per_sm(nt);
@@ -309,6 +315,14 @@ int decode_split(int m, int n, int k, int num_sms) {
   split = std::min(split, std::max(1, kc / (2 * kDecodeUnroll)));
   const int per = (kc + split - 1) / split;
   return (kc + per - 1) / per;
+}
+
+// Automatic choice of the decode kernel (measured on H100, v5): always for M <= 32; for
+// 32 < M <= 64 only while the wgmma kernel would have fewer 256-channel tiles than half the SMs
+// (4096² M = 64: 26 vs 47 µs, 8192²: 55 vs 61 µs; 28672×8192, 112 tiles: 127 vs 120 µs).
+bool auto_decode(int m, int n, int num_sms) {
+  if (m <= 32) return true;
+  return m <= kDecodeMaxM && 2 * (n / kWgBN) < num_sms;
 }
 
 // Split-K of the wgmma kernel: one resident CTA per SM, so fill the SMs once when the output
@@ -339,12 +353,19 @@ int launch_decode(const GemmParams &p, int split, cudaStream_t stream) {
   split = (kc + per - 1) / per;
   const dim3 grid(p.n / kDecodeRows, split);
   const dim3 block(kDecodeWarps * 32);
-  if (p.m <= 8) {
-    decode_kernel<1, OUT><<<grid, block, 0, stream>>>(p, split, per);
-  } else if (p.m <= 16) {
-    decode_kernel<2, OUT><<<grid, block, 0, stream>>>(p, split, per);
-  } else {
-    decode_kernel<4, OUT><<<grid, block, 0, stream>>>(p, split, per);
+  switch (decode_nt(p.m)) {
+    case 1:
+      decode_kernel<1, OUT><<<grid, block, 0, stream>>>(p, split, per);
+      break;
+    case 2:
+      decode_kernel<2, OUT><<<grid, block, 0, stream>>>(p, split, per);
+      break;
+    case 4:
+      decode_kernel<4, OUT><<<grid, block, 0, stream>>>(p, split, per);
+      break;
+    default:
+      decode_kernel<8, OUT><<<grid, block, 0, stream>>>(p, split, per);
+      break;
   }
   return static_cast<int>(cudaGetLastError());
 }
@@ -387,9 +408,10 @@ int launch_wgmma(const GemmParams &p, int split, cudaStream_t stream) {
 template <int OUT>
 int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
   const int num_sms = a.num_sms > 0 ? a.num_sms : 132;
-  bool use_decode = a.kernel == DGQ_KERNEL_DECODE || (a.kernel == DGQ_KERNEL_AUTO && a.m <= 32);
+  bool use_decode =
+      a.kernel == DGQ_KERNEL_DECODE || (a.kernel == DGQ_KERNEL_AUTO && auto_decode(a.m, a.n, num_sms));
   if (use_decode) {
-    if (a.m > 32) return DGQ_EINVAL;
+    if (a.m > kDecodeMaxM) return DGQ_EINVAL;
     int split = a.split_k > 0 ? a.split_k : decode_split(a.m, a.n, a.k, num_sms);
     split = std::min(split, a.k / kChunkK);
     // Shrink the split to what the caller's workspace holds rather than failing.
@@ -429,11 +451,11 @@ extern "C" void dgq_w4a8_workspace_len(int32_t m, int32_t n, int32_t k, int32_t 
                                        size_t *counters) {
   using namespace dgq;
   size_t parts = 0, cnt = 0;
-  if (m >= 1 && m <= 32) {
+  if (m >= 1 && auto_decode(m, n, num_sms)) {
     const int split = decode_split(m, n, k, num_sms);
     if (split > 1) parts = static_cast<size_t>(split) * m * n;
     cnt = static_cast<size_t>(n / kDecodeRows);
-  } else if (m > 32 && prefer_wgmma(m, n, k, num_sms)) {
+  } else if (prefer_wgmma(m, n, k, num_sms)) {
     const int split = wgmma_split(m, n, k, num_sms);
     const size_t tiles = static_cast<size_t>(n / kWgBN) * ((m + kWgBM - 1) / kWgBM);
     if (split > 1) {

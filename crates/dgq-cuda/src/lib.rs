@@ -12,7 +12,7 @@
 //!   `s_x[m]·s1[n]` epilogue and optional bias; [`w4a8_gemm_i32`] returns the exact INT32
 //!   accumulators. u4 weights stay u4 in device memory and are expanded to int8 in registers
 //!   inside the main loop; the products run on INT8 tensor cores: `mma.sync` m16n8k32 in the
-//!   split-K decode kernel (M ≤ 32), `wgmma` m64n128k32 with the weights as the register
+//!   split-K decode kernel (M ≤ 64), `wgmma` m64n128k32 with the weights as the register
 //!   operand in the prefill kernel.
 //!
 //! Every launch is enqueued on the caller's stream; nothing synchronises and nothing allocates
@@ -37,7 +37,7 @@ pub use ffi::BUILT_WITH_CUDA;
 pub use layout::{prepare_host, unprepare_host, PreparedHost};
 
 /// Largest M the decode (split-K) kernel handles; larger M uses the tiled kernel.
-pub const DECODE_MAX_M: usize = 32;
+pub const DECODE_MAX_M: usize = 64;
 
 /// Facts about the device the kernels need.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,7 +270,8 @@ impl GemmWorkspace {
 /// Which GEMM kernel to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KernelChoice {
-    /// Decode kernel for M ≤ [`DECODE_MAX_M`], tiled kernel above.
+    /// Decode kernel for M ≤ 32, and for M ≤ [`DECODE_MAX_M`] when N has fewer 256-wide tiles
+    /// than half the SMs; tiled kernel otherwise.
     #[default]
     Auto,
     /// The split-K decode kernel (M ≤ [`DECODE_MAX_M`]).
@@ -592,7 +593,8 @@ pub fn quantize_acts_dynamic<T: Half>(
 }
 
 /// Static per-tensor INT8 quantization: `q = clamp(rne(x · (1/scale)), −127, 127)`, optionally
-/// after dividing by `smooth`. `scale` must be finite and > 0.
+/// after dividing by `smooth`. `scale` must be finite and `≥ 2⁻¹¹⁰`
+/// ([`dgq_core::act::MIN_STATIC_SCALE`], as on the CPU).
 pub fn quantize_acts_static<T: Half>(
     stream: &Arc<CudaStream>,
     x: &impl DevicePtr<T>,
@@ -602,10 +604,10 @@ pub fn quantize_acts_static<T: Half>(
     scale: f32,
     q: &mut impl DevicePtrMut<i8>,
 ) -> Result<()> {
-    if !(scale.is_finite() && scale > 0.0) {
+    if !(scale.is_finite() && scale >= dgq_core::act::MIN_STATIC_SCALE) {
         return Err(Error::InvalidArgument {
             what: "static scale",
-            reason: format!("must be finite and > 0, got {scale}"),
+            reason: format!("must be finite and >= 2^-110, got {scale}"),
         });
     }
     quant_impl(stream, x, m, k, smooth, scale, q, None)

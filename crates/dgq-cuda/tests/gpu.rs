@@ -1,5 +1,6 @@
-//! GPU tests: bit-exact INT32 accumulators against the CPU reference, float epilogue within
-//! 1e-3 relative, activation quantization bit-exact, typed errors before launch. Each test
+//! GPU tests against the CPU reference of `dgq_core` (`reference::w4a8_gemm_i32` /
+//! `reference::w4a8_gemm`, `act::quantize_*`): INT32 accumulators, the f32 epilogue (compared
+//! after the same f16/bf16 rounding) and activation codes and scales all bit-exact, typed errors before launch. Each test
 //! skips with a printed reason when no usable GPU (or no kernels) is present.
 //!
 //! `DGQ_GPU_TEST_QUICK=1` restricts the sweeps to small shapes (for compute-sanitizer runs).
@@ -46,7 +47,7 @@ fn prepare_round_trips_through_the_device() {
 
 /// Runs the GEMM on `x` with every applicable kernel and checks the accumulators exactly.
 struct Case {
-    w8: ndarray::Array2<i8>,
+    w: dgq_core::DualGrainedWeight,
     pw: PreparedDgqWeight,
     ws: GemmWorkspace,
     group_size: usize,
@@ -54,7 +55,7 @@ struct Case {
 
 fn case(s: &Arc<CudaStream>, w: &dgq_core::DualGrainedWeight) -> Case {
     Case {
-        w8: w.to_int8(),
+        w: w.clone(),
         pw: PreparedDgqWeight::prepare(w, s).unwrap(),
         ws: GemmWorkspace::for_shapes(s, &[(w.n(), w.k())]).unwrap(),
         group_size: w.group_size,
@@ -62,10 +63,10 @@ fn case(s: &Arc<CudaStream>, w: &dgq_core::DualGrainedWeight) -> Case {
 }
 
 fn check_i32(s: &Arc<CudaStream>, c: &mut Case, m: usize, seed: u64) {
-    let (n, k) = c.w8.dim();
+    let (n, k) = (c.w.n(), c.w.k());
     let (pw, ws) = (&c.pw, &mut c.ws);
     let x = random_acts(m, k, seed);
-    let want = ref_gemm_i32(&x, m, &c.w8);
+    let want = ref_gemm_i32(&x, m, &c.w);
     let xd = s.clone_htod(&x).unwrap();
     let mut cfgs = vec![
         GemmConfig::default(),
@@ -105,9 +106,9 @@ fn check_i32(s: &Arc<CudaStream>, c: &mut Case, m: usize, seed: u64) {
 fn gemm_i32_is_bit_exact_small_shapes() {
     let Some((_ctx, s)) = gpu() else { return };
     let ms: &[usize] = if quick() {
-        &[1, 7, 16, 33, 128]
+        &[1, 7, 16, 33, 64, 128]
     } else {
-        &[1, 2, 7, 16, 33, 128, 1024]
+        &[1, 2, 7, 16, 33, 64, 65, 128, 1024]
     };
     for (i, &(n, k, gs)) in [
         (128, 128, 64),
@@ -137,7 +138,7 @@ fn gemm_i32_is_bit_exact_llama_shapes() {
         (4096, 4096, &[1, 2, 7, 16, 33, 128, 1024]),
         (11008, 4096, &[1, 16, 33, 128]),
         (4096, 11008, &[1, 16, 33, 128]),
-        (8192, 8192, &[1, 7, 16, 33, 128]),
+        (8192, 8192, &[1, 7, 16, 33, 64, 128]),
         (28672, 8192, &[1, 16, 33]),
     ];
     for (i, &(n, k, ms)) in shapes.iter().enumerate() {
@@ -148,24 +149,47 @@ fn gemm_i32_is_bit_exact_llama_shapes() {
     }
 }
 
-fn rel_check(what: &str, got: &[f32], want: &[f32]) {
-    let mut worst = 0f32;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(g.is_finite(), "{what}: non-finite output at {i}");
-        let rel = (g - w).abs() / w.abs().max(f32::MIN_POSITIVE);
-        assert!(
-            rel <= 1e-3 || (g - w).abs() <= 1e-6,
-            "{what}: out[{i}] = {g}, reference {w} (rel {rel})"
-        );
-        if (g - w).abs() > 1e-6 {
-            worst = worst.max(rel);
-        }
-    }
-    eprintln!("{what}: max relative error {worst:e} (where |error| > 1e-6)");
+/// The CPU reference's f32 output rounded to the device's output type must match bit for bit:
+/// the device epilogue performs the same IEEE operations in the same order.
+fn exact_check<T: Copy + PartialEq + std::fmt::Debug>(
+    what: &str,
+    got: &[T],
+    want: &[f32],
+    round: impl Fn(f32) -> T,
+) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let bad = got.iter().zip(want).position(|(&g, &w)| g != round(w));
+    assert!(
+        bad.is_none(),
+        "{what}: first mismatch at {:?}: got {:?}, reference {:?} ({})",
+        bad,
+        bad.map(|i| got[i]),
+        bad.map(|i| round(want[i])),
+        bad.map_or(0.0, |i| want[i])
+    );
+}
+
+/// `dgq_core::reference::w4a8_gemm` on the given codes and scales.
+fn ref_gemm_f32(
+    x: &[i8],
+    m: usize,
+    scales: Vec<f32>,
+    w: &dgq_core::DualGrainedWeight,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let qa = dgq_core::act::QuantizedActs {
+        q: ndarray::Array2::from_shape_vec((m, w.k()), x.to_vec()).unwrap(),
+        scales: ndarray::Array1::from(scales),
+    };
+    dgq_core::reference::w4a8_gemm(&qa, w, bias.map(ndarray::ArrayView1::from))
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
 }
 
 #[test]
-fn gemm_float_epilogue_within_1e3() {
+fn gemm_float_epilogue_is_bit_exact() {
     let Some((_ctx, s)) = gpu() else { return };
     let (n, k) = (384, 1024);
     let w = random_weight(n, k, 128, 7);
@@ -176,7 +200,6 @@ fn gemm_float_epilogue_within_1e3() {
     let bias_d = s.clone_htod(&bias).unwrap();
     for &m in &[1usize, 16, 33, 200] {
         let x = random_acts(m, k, 5 + m as u64);
-        let acc = ref_gemm_i32(&x, m, &w.to_int8());
         let sx: Vec<f32> = (0..m).map(|_| 1e-3 + 1e-2 * rng.uniform()).collect();
         let xd = s.clone_htod(&x).unwrap();
         let sxd = s.clone_htod(&sx).unwrap();
@@ -186,18 +209,8 @@ fn gemm_float_epilogue_within_1e3() {
             (ActScales::PerTensor(&st), false),
         ] {
             for with_bias in [false, true] {
-                let want: Vec<f32> = (0..m * n)
-                    .map(|i| {
-                        let (mi, ni) = (i / n, i % n);
-                        let sxm = if per_token { sx[mi] } else { 0.0123 };
-                        let y = acc[i] as f32 * (sxm * w.s1[ni].to_f32());
-                        if with_bias {
-                            y + bias[ni]
-                        } else {
-                            y
-                        }
-                    })
-                    .collect();
+                let host_scales = if per_token { sx.clone() } else { vec![0.0123] };
+                let want = ref_gemm_f32(&x, m, host_scales, &w, with_bias.then_some(&bias[..]));
                 let b = with_bias.then_some(&bias_d);
                 let mut o16 = s.clone_htod(&vec![f16::NAN; m * n]).unwrap();
                 w4a8_gemm(
@@ -212,16 +225,11 @@ fn gemm_float_epilogue_within_1e3() {
                     &GemmConfig::default(),
                 )
                 .unwrap();
-                let got: Vec<f32> = s
-                    .clone_dtoh(&o16)
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_f32())
-                    .collect();
-                rel_check(
+                exact_check(
                     &format!("f16 M={m} per_token={per_token} bias={with_bias}"),
-                    &got,
+                    &s.clone_dtoh(&o16).unwrap(),
                     &want,
+                    f16::from_f32,
                 );
                 let mut ob = s.clone_htod(&vec![bf16::NAN; m * n]).unwrap();
                 w4a8_gemm(
@@ -236,18 +244,11 @@ fn gemm_float_epilogue_within_1e3() {
                     &GemmConfig::default(),
                 )
                 .unwrap();
-                let got: Vec<f32> = s
-                    .clone_dtoh(&ob)
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_f32())
-                    .collect();
-                // bf16 keeps 8 bits: compare with the reference rounded the same way.
-                let want_b: Vec<f32> = want.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
-                rel_check(
+                exact_check(
                     &format!("bf16 M={m} per_token={per_token} bias={with_bias}"),
-                    &got,
-                    &want_b,
+                    &s.clone_dtoh(&ob).unwrap(),
+                    &want,
+                    bf16::from_f32,
                 );
             }
         }
@@ -258,11 +259,22 @@ fn gemm_float_epilogue_within_1e3() {
 fn activation_quantization_is_bit_exact() {
     let Some((_ctx, s)) = gpu() else { return };
     let mut rng = Rng(11);
-    for &(m, k) in &[(1usize, 8usize), (3, 4096), (5, 11008), (2, 40000)] {
+    for &(m, k) in &[(1usize, 8usize), (3, 4096), (5, 11008), (2, 40000), (4, 64)] {
         // Rows of mixed magnitude, one all-zero row, values that land on .5 boundaries.
         let mut x: Vec<f32> = (0..m * k).map(|_| (rng.uniform() - 0.5) * 8.0).collect();
         if m > 1 {
             x[k..2 * k].iter_mut().for_each(|v| *v = 0.0);
+        }
+        // The zero-row rule (amax < 2^-100 -> codes 0, scale 0): a row just below it and one
+        // just above (bf16 keeps both; f16 input turns them into zeros, also a zero row).
+        if m > 3 {
+            // |x| <= 4 here, so row 2's amax is below 2^-102 and row 3's near 2^-96.
+            x[2 * k..3 * k]
+                .iter_mut()
+                .for_each(|v| *v *= f32::from_bits((127 - 104) << 23));
+            x[3 * k..4 * k]
+                .iter_mut()
+                .for_each(|v| *v *= f32::from_bits((127 - 98) << 23));
         }
         x[0] = 127.0;
         if k > 2 {
@@ -329,13 +341,14 @@ fn fused_quantize_then_gemm_matches_cpu() {
         .map(|_| f16::from_f32(rng.uniform() * 2.0 - 1.0).to_f32())
         .collect();
     let (q, sx) = ref_quant_dynamic(&x, m, k, None);
-    let acc = ref_gemm_i32(&q, m, &w.to_int8());
+    let want = ref_gemm_f32(&q, m, sx, &w, None);
     let xd = s
         .clone_htod(&x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())
         .unwrap();
     let mut qd = s.alloc_zeros::<i8>(m * k).unwrap();
     let mut sd = s.alloc_zeros::<f32>(m).unwrap();
     quantize_acts_dynamic(&s, &xd, m, k, None, &mut qd, &mut sd).unwrap();
+    assert_eq!(s.clone_dtoh(&qd).unwrap(), q, "codes");
     let mut out = s.alloc_zeros::<f16>(m * n).unwrap();
     w4a8_gemm(
         &s,
@@ -349,16 +362,12 @@ fn fused_quantize_then_gemm_matches_cpu() {
         &GemmConfig::default(),
     )
     .unwrap();
-    let got: Vec<f32> = s
-        .clone_dtoh(&out)
-        .unwrap()
-        .iter()
-        .map(|v| v.to_f32())
-        .collect();
-    let want: Vec<f32> = (0..m * n)
-        .map(|i| acc[i] as f32 * (sx[i / n] * w.s1[i % n].to_f32()))
-        .collect();
-    rel_check("quantize + gemm", &got, &want);
+    exact_check(
+        "quantize + gemm",
+        &s.clone_dtoh(&out).unwrap(),
+        &want,
+        f16::from_f32,
+    );
 }
 
 #[test]
@@ -444,7 +453,7 @@ fn bad_input_is_a_typed_error_and_launches_nothing() {
         Err(Error::Shape { .. })
     ));
     // Bad kernel options.
-    let big_m = 40;
+    let big_m = DECODE_MAX_M + 1;
     let xb = s.clone_htod(&random_acts(big_m, k, 2)).unwrap();
     let mut ob = s.alloc_zeros::<i32>(big_m * n).unwrap();
     let dec = GemmConfig {
@@ -481,6 +490,10 @@ fn bad_input_is_a_typed_error_and_launches_nothing() {
     ));
     assert!(matches!(
         quantize_acts_static(&s, &xhv, m, k, None, 0.0, &mut q),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        quantize_acts_static(&s, &xhv, m, k, None, 1e-34, &mut q),
         Err(Error::InvalidArgument { .. })
     ));
     assert!(matches!(

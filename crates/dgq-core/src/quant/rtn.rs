@@ -77,7 +77,8 @@ pub fn sym_scale(amax: f32, qmax: i32) -> f32 {
 /// Asymmetric code of `w` for a given scale and zero point, clamped to `[lo, hi]`.
 #[inline]
 pub fn asym_code(w: f32, scale: f32, z: i32, lo: i32, hi: i32) -> i32 {
-    ((w / scale).round_ties_even() as i32 + z).clamp(lo, hi)
+    // `as` saturates on huge quotients; saturating_add keeps the sum from wrapping.
+    ((w / scale).round_ties_even() as i32).saturating_add(z).clamp(lo, hi)
 }
 
 /// Symmetric code of `w` for a given scale.

@@ -65,55 +65,34 @@ pub fn random_acts(m: usize, k: usize, seed: u64) -> Vec<i8> {
         .collect()
 }
 
-/// Exact INT32 reference `X · W_s8ᵀ` (i64 accumulation, checked to fit i32).
-pub fn ref_gemm_i32(x: &[i8], m: usize, w8: &Array2<i8>) -> Vec<i32> {
-    let (n, k) = w8.dim();
-    let w8 = w8.as_standard_layout();
-    let wsl = w8.as_slice().expect("standard layout");
-    let mut out = vec![0i32; m * n];
-    out.par_chunks_mut(n).enumerate().for_each(|(mi, row)| {
-        let xr = &x[mi * k..(mi + 1) * k];
-        for (ni, o) in row.iter_mut().enumerate() {
-            let wr = &wsl[ni * k..(ni + 1) * k];
-            // i32 partial sums over 256 columns cannot overflow (256·127·127 < 2^31).
-            let mut acc: i64 = 0;
-            for (xc, wc) in xr.chunks(256).zip(wr.chunks(256)) {
-                acc += xc
-                    .iter()
-                    .zip(wc)
-                    .map(|(&a, &b)| a as i32 * b as i32)
-                    .sum::<i32>() as i64;
-            }
-            *o = i32::try_from(acc).expect("accumulator fits i32");
-        }
-    });
-    out
+/// Exact INT32 reference `X · W_s8ᵀ`: the CPU reference kernel of `dgq_core`.
+pub fn ref_gemm_i32(x: &[i8], m: usize, w: &DualGrainedWeight) -> Vec<i32> {
+    let xv = ndarray::ArrayView2::from_shape((m, w.k()), x).expect("x is [M, K]");
+    dgq_core::reference::w4a8_gemm_i32(xv, w)
+        .expect("reference GEMM")
+        .iter()
+        .copied()
+        .collect()
 }
 
-/// CPU dynamic per-token quantization, as specified for dgq_core::act (round half to even).
+/// CPU dynamic per-token quantization (`dgq_core::act`), optionally after smoothing:
+/// `(codes [M·K], scales [M])`.
 pub fn ref_quant_dynamic(
     x: &[f32],
     m: usize,
     k: usize,
     smooth: Option<&[f32]>,
 ) -> (Vec<i8>, Vec<f32>) {
-    let mut q = vec![0i8; m * k];
-    let mut scales = vec![0f32; m];
-    for r in 0..m {
-        let row: Vec<f32> = (0..k)
-            .map(|c| smooth.map_or(x[r * k + c], |s| x[r * k + c] / s[c]))
-            .collect();
-        let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
-        scales[r] = amax / 127.0;
-        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        for c in 0..k {
-            q[r * k + c] = (row[c] * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-        }
+    let xv = ndarray::ArrayView2::from_shape((m, k), x).expect("x is [M, K]");
+    let qa = match smooth {
+        Some(sm) => dgq_core::act::quantize_per_token_smoothed(xv, ndarray::ArrayView1::from(sm)),
+        None => dgq_core::act::quantize_per_token(xv),
     }
-    (q, scales)
+    .expect("reference quantization");
+    (qa.q.iter().copied().collect(), qa.scales.to_vec())
 }
 
-/// CPU static quantization with `inv = 1 / scale`.
+/// CPU static per-tensor quantization (`dgq_core::act`), optionally after smoothing.
 pub fn ref_quant_static(
     x: &[f32],
     m: usize,
@@ -121,11 +100,13 @@ pub fn ref_quant_static(
     smooth: Option<&[f32]>,
     scale: f32,
 ) -> Vec<i8> {
-    let inv = 1.0 / scale;
-    (0..m * k)
-        .map(|i| {
-            let v = smooth.map_or(x[i], |s| x[i] / s[i % k]);
-            (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8
-        })
-        .collect()
+    let xv = ndarray::ArrayView2::from_shape((m, k), x).expect("x is [M, K]");
+    let qa = match smooth {
+        Some(sm) => {
+            dgq_core::act::quantize_static_smoothed(xv, ndarray::ArrayView1::from(sm), scale)
+        }
+        None => dgq_core::act::quantize_static(xv, scale),
+    }
+    .expect("reference quantization");
+    qa.q.iter().copied().collect()
 }

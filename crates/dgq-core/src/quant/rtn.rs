@@ -78,7 +78,9 @@ pub fn sym_scale(amax: f32, qmax: i32) -> f32 {
 #[inline]
 pub fn asym_code(w: f32, scale: f32, z: i32, lo: i32, hi: i32) -> i32 {
     // `as` saturates on huge quotients; saturating_add keeps the sum from wrapping.
-    ((w / scale).round_ties_even() as i32).saturating_add(z).clamp(lo, hi)
+    ((w / scale).round_ties_even() as i32)
+        .saturating_add(z)
+        .clamp(lo, hi)
 }
 
 /// Symmetric code of `w` for a given scale.

@@ -35,6 +35,7 @@
 //! Weights are row-major `[N, K]` (out × in) and activations `[M, K]`, as in dgq-core.
 
 pub mod config;
+pub mod calib;
 pub mod error;
 pub mod layer;
 pub mod linear;
@@ -42,8 +43,11 @@ pub mod model;
 pub mod norm;
 mod ops;
 pub mod perplexity;
+pub mod qlinear;
+pub mod quantize;
 pub mod rope;
 pub mod tokenizer;
+mod search_compat;
 mod weights;
 
 pub use config::{Family, ModelConfig};
@@ -55,4 +59,9 @@ pub use norm::{Norm, NormKind};
 pub use perplexity::{perplexity, CausalLm, PplConfig, PplProgress, PplResult};
 pub use rope::{Rope, RopeScaling};
 pub use tokenizer::Tokenizer;
+pub use calib::{sample_windows, CalibConfig};
+pub use qlinear::{Exec, QWeight, QuantLinear};
+pub use quantize::{
+    apply_packed, quantize_model, Method, QuantizeConfig, QuantizeProgress, QuantizeReport,
+};
 pub use weights::GgufFile;

@@ -227,7 +227,10 @@ fn quantize(a: QuantizeArgs) -> Result<()> {
         layer_errors: !a.no_layer_errors,
         ..Default::default()
     };
-    let pb = bar(model.layers.len() as u64, &format!("quantize {}", method.name()));
+    let pb = bar(
+        model.layers.len() as u64,
+        &format!("quantize {}", method.name()),
+    );
     let t1 = Instant::now();
     let (mut packed, report) = quantize_model(&mut model, &windows, &cfg, &mut |p| {
         pb.set_position(p.layer as u64);
@@ -242,11 +245,10 @@ fn quantize(a: QuantizeArgs) -> Result<()> {
     packed
         .metadata
         .insert("dgq.calib_seed".into(), a.seed.to_string());
-    let groups: BTreeMap<usize, usize> =
-        report.linears.iter().fold(BTreeMap::new(), |mut m, l| {
-            *m.entry(l.group_size).or_default() += 1;
-            m
-        });
+    let groups: BTreeMap<usize, usize> = report.linears.iter().fold(BTreeMap::new(), |mut m, l| {
+        *m.entry(l.group_size).or_default() += 1;
+        m
+    });
     packed.metadata.insert(
         "dgq.group_sizes".into(),
         groups
@@ -274,10 +276,7 @@ fn quantize(a: QuantizeArgs) -> Result<()> {
         .iter()
         .max_by(|x, y| x.out_nmse.total_cmp(&y.out_nmse))
     {
-        eprintln!(
-            "  worst layer: {} NMSE {:.3e}",
-            worst.name, worst.out_nmse
-        );
+        eprintln!("  worst layer: {} NMSE {:.3e}", worst.name, worst.out_nmse);
     }
     if let Some(r) = &a.report {
         let mut json = serde_json::to_value(&report)?;

@@ -33,10 +33,18 @@ impl Default for CalibConfig {
 /// Errors: zero windows, `ctx < 1`, or fewer tokens than one window.
 pub fn sample_windows(tokens: &[u32], cfg: &CalibConfig) -> Result<Vec<Vec<u32>>> {
     if cfg.windows == 0 {
-        return Err(Error::argument("windows", 0, "need at least one calibration window"));
+        return Err(Error::argument(
+            "windows",
+            0,
+            "need at least one calibration window",
+        ));
     }
     if cfg.ctx == 0 {
-        return Err(Error::argument("ctx", 0, "calibration windows need at least one token"));
+        return Err(Error::argument(
+            "ctx",
+            0,
+            "calibration windows need at least one token",
+        ));
     }
     if tokens.len() < cfg.ctx {
         return Err(Error::argument(

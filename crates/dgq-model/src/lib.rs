@@ -34,8 +34,8 @@
 //!
 //! Weights are row-major `[N, K]` (out × in) and activations `[M, K]`, as in dgq-core.
 
-pub mod config;
 pub mod calib;
+pub mod config;
 pub mod error;
 pub mod layer;
 pub mod linear;
@@ -46,10 +46,11 @@ pub mod perplexity;
 pub mod qlinear;
 pub mod quantize;
 pub mod rope;
-pub mod tokenizer;
 mod search_compat;
+pub mod tokenizer;
 mod weights;
 
+pub use calib::{sample_windows, CalibConfig};
 pub use config::{Family, ModelConfig};
 pub use error::{Error, Result};
 pub use layer::{AttentionSpec, CaptureHook, DecoderLayer, LayerKvCache, Mlp, NormSlot};
@@ -57,11 +58,10 @@ pub use linear::{FloatLinear, InputSite, Linear, LinearOp, LinearSlot};
 pub use model::{KvCache, LoadInfo, Model, SourceFormat, OPT_POSITION_OFFSET};
 pub use norm::{Norm, NormKind};
 pub use perplexity::{perplexity, CausalLm, PplConfig, PplProgress, PplResult};
-pub use rope::{Rope, RopeScaling};
-pub use tokenizer::Tokenizer;
-pub use calib::{sample_windows, CalibConfig};
 pub use qlinear::{Exec, QWeight, QuantLinear};
 pub use quantize::{
     apply_packed, quantize_model, Method, QuantizeConfig, QuantizeProgress, QuantizeReport,
 };
+pub use rope::{Rope, RopeScaling};
+pub use tokenizer::Tokenizer;
 pub use weights::GgufFile;

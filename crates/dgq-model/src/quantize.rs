@@ -330,7 +330,10 @@ pub fn quantize_model(
     });
     let meta = &mut packed.metadata;
     meta.insert("dgq.method".into(), cfg.method.name().into());
-    meta.insert("dgq.group_size_requested".into(), cfg.group_size.to_string());
+    meta.insert(
+        "dgq.group_size_requested".into(),
+        cfg.group_size.to_string(),
+    );
     meta.insert("dgq.calib_windows".into(), windows.len().to_string());
     meta.insert("dgq.calib_tokens".into(), report.calib_tokens.to_string());
     report.seconds = t0.elapsed().as_secs_f64();
@@ -456,18 +459,24 @@ fn quantize_layer(
 
     // (a) attention inputs: smoothing into the norm and Q/K/V, then quantize Q/K/V.
     progress("attn: stats");
-    let mut xs = timed(&mut clock.forward, || norm_inputs(layer, NormSlot::Attn, hs))?;
+    let mut xs = timed(&mut clock.forward, || {
+        norm_inputs(layer, NormSlot::Attn, hs)
+    })?;
     let mut smooth_attn = 1.0f32;
     if layer.input_norm(LinearSlot::Q).is_some() {
         if let Some(k) = timed(&mut clock.stats, || {
             smoothing_factors(layer, &qkv, &xs, cfg)
         })? {
-            layer.norm_mut(NormSlot::Attn).scale_output_channels_inv(&k)?;
+            layer
+                .norm_mut(NormSlot::Attn)
+                .scale_output_channels_inv(&k)?;
             for s in qkv {
                 float_weight_mut(layer, s)?.scale_input_channels(&k)?;
             }
             smooth_attn = k.fold(1.0, |a, &b| a.max(b));
-            xs = timed(&mut clock.forward, || norm_inputs(layer, NormSlot::Attn, hs))?;
+            xs = timed(&mut clock.forward, || {
+                norm_inputs(layer, NormSlot::Attn, hs)
+            })?;
         }
     }
     let st = site_stats(&xs, d, want_h, clock)?;
@@ -512,7 +521,9 @@ fn quantize_layer(
         if let Some(k) = timed(&mut clock.stats, || {
             smoothing_factors(layer, first, &xs, cfg)
         })? {
-            layer.norm_mut(NormSlot::Mlp).scale_output_channels_inv(&k)?;
+            layer
+                .norm_mut(NormSlot::Mlp)
+                .scale_output_channels_inv(&k)?;
             for s in first {
                 float_weight_mut(layer, *s)?.scale_input_channels(&k)?;
             }
@@ -624,13 +635,7 @@ fn quantize_slot(
     let mut search = None;
     let (qw, act) = timed(&mut clock.quantize, || {
         Ok(match cfg.method {
-            Method::Fp => {
-                return Err(Error::argument(
-                    "method",
-                    "fp",
-                    "nothing to quantize",
-                ))
-            }
+            Method::Fp => return Err(Error::argument("method", "fp", "nothing to quantize")),
             Method::W8a8 => (
                 QWeight::Sym(SymIntWeight::quantize_rtn(w, Bits::Int8, k)?),
                 ActQuant::DynamicPerToken,
@@ -709,9 +714,7 @@ fn export_layer(
             let base = norm_name(family, layer.index, ns);
             packed.layers.insert(
                 format!("{base}.weight"),
-                dgq_core::format::PackedLayer::new(LayerWeight::Float(
-                    n.weight.clone().into_dyn(),
-                )),
+                dgq_core::format::PackedLayer::new(LayerWeight::Float(n.weight.clone().into_dyn())),
             );
             if let Some(b) = &n.bias {
                 packed.layers.insert(
@@ -733,7 +736,9 @@ pub fn apply_packed(model: &mut Model, packed: &PackedModel, exec: Exec) -> Resu
     let family = model.config.family;
     let mut used: BTreeMap<&str, ()> = BTreeMap::new();
     let mut replaced = 0;
+    let mut total = 0;
     for layer in model.layers.iter_mut() {
+        total += layer.slots().len();
         for &slot in layer.slots() {
             let name = linear_name(family, layer.index, slot);
             if let Some((key, p)) = packed.layers.get_key_value(&name) {
@@ -772,7 +777,18 @@ pub fn apply_packed(model: &mut Model, packed: &PackedModel, exec: Exec) -> Resu
             }
         }
     }
-    if let Some(name) = packed.layers.keys().find(|k| !used.contains_key(k.as_str())) {
+    if replaced > 0 && replaced != total {
+        return Err(Error::config(
+            "packed file",
+            format!("{replaced} of {total} linears"),
+            "covers only part of the model's linears (was it made from another model?)",
+        ));
+    }
+    if let Some(name) = packed
+        .layers
+        .keys()
+        .find(|k| !used.contains_key(k.as_str()))
+    {
         return Err(Error::config(
             "packed layer",
             name,

@@ -25,7 +25,11 @@ impl Hessian {
     }
     pub(crate) fn add_batch(&mut self, x: ArrayView2<f32>) -> Result<()> {
         if x.ncols() != self.h.nrows() {
-            return Err(Error::shape("hessian batch columns", self.h.nrows(), x.ncols()));
+            return Err(Error::shape(
+                "hessian batch columns",
+                self.h.nrows(),
+                x.ncols(),
+            ));
         }
         let g = dgq_core::reference::matmul_f32_nt(x.t(), x.t())?;
         self.h.zip_mut_with(&g, |h, &v| *h += v as f64);

@@ -268,8 +268,8 @@ fn quantize(a: QuantizeArgs) -> Result<()> {
         report.seconds_quantize,
         packed.metadata.get("dgq.group_sizes").map(String::as_str).unwrap_or("-")
     );
-    for (slot, e) in mean_out_nmse_by_slot(&report) {
-        eprintln!("  mean output NMSE {slot:<10} {e:.3e}");
+    for (slot, e, ea) in mean_out_nmse_by_slot(&report) {
+        eprintln!("  mean output NMSE {slot:<10} {e:.3e} (activation quantization alone {ea:.3e})");
     }
     if let Some(worst) = report
         .linears

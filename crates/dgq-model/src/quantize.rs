@@ -182,6 +182,9 @@ pub struct LinearReport {
     /// Relative output error `‖Y − Ŷ‖² / ‖Y‖²` on the first calibration window, including the
     /// activation quantization (the full error the layer adds).
     pub out_nmse: f64,
+    /// The part of `out_nmse` due to activation quantization alone (float weights, quantized
+    /// input) on the same window: tells weight error and activation error apart.
+    pub act_only_nmse: f64,
     /// DGQ search: output MSE of the direct RTN decomposition and of the search result.
     pub search_mse_rtn: Option<f64>,
     /// See `search_mse_rtn`.
@@ -388,7 +391,7 @@ fn absmax(xs: &[Array2<f32>], k: usize) -> Result<Array1<f32>> {
     Ok(m.into_absmax())
 }
 
-fn float_weight<'a>(layer: &'a DecoderLayer, slot: LinearSlot) -> Result<&'a crate::FloatLinear> {
+fn float_weight(layer: &DecoderLayer, slot: LinearSlot) -> Result<&crate::FloatLinear> {
     layer.linear(slot)?.as_float().ok_or_else(|| {
         Error::Unsupported(format!(
             "layer {} {slot:?} is already replaced; quantize a freshly loaded model",
@@ -397,10 +400,7 @@ fn float_weight<'a>(layer: &'a DecoderLayer, slot: LinearSlot) -> Result<&'a cra
     })
 }
 
-fn float_weight_mut<'a>(
-    layer: &'a mut DecoderLayer,
-    slot: LinearSlot,
-) -> Result<&'a mut crate::FloatLinear> {
+fn float_weight_mut(layer: &mut DecoderLayer, slot: LinearSlot) -> Result<&mut crate::FloatLinear> {
     let idx = layer.index;
     layer.linear_mut(slot)?.as_float_mut().ok_or_else(|| {
         Error::Unsupported(format!(
@@ -678,6 +678,9 @@ fn quantize_slot(
     let y = crate::linear::LinearOp::forward(fl, x0)?;
     let yq = crate::linear::LinearOp::forward(&q, x0)?;
     let out_nmse = nmse(y.view(), yq.view());
+    let xa = dgq_core::act::fake_quantize(x0, &act)?;
+    let ya = crate::linear::LinearOp::forward(fl, xa.view())?;
+    let act_only_nmse = nmse(y.view(), ya.view());
     let kind = crate::linear::LinearOp::kind(&q).to_string();
     layer.linear_mut(slot)?.replace(Box::new(q))?;
     Ok(LinearReport {
@@ -688,6 +691,7 @@ fn quantize_slot(
         group_size,
         weight_out_mse,
         out_nmse,
+        act_only_nmse,
         search_mse_rtn: search.map(|s| s.mse_rtn),
         search_mse_final: search.map(|s| s.mse_final),
         max_smooth,
@@ -798,16 +802,18 @@ pub fn apply_packed(model: &mut Model, packed: &PackedModel, exec: Exec) -> Resu
     Ok(replaced)
 }
 
-/// Mean `out_nmse` per projection name (`q_proj`, `down_proj`...) over all layers.
-pub fn mean_out_nmse_by_slot(report: &QuantizeReport) -> Vec<(String, f64)> {
-    let mut acc: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+/// Mean `out_nmse` and `act_only_nmse` per projection name (`q_proj`, `down_proj`...) over all
+/// layers.
+pub fn mean_out_nmse_by_slot(report: &QuantizeReport) -> Vec<(String, f64, f64)> {
+    let mut acc: BTreeMap<String, (f64, f64, usize)> = BTreeMap::new();
     for l in &report.linears {
         let short = l.name.rsplit('.').next().unwrap_or(&l.name).to_string();
         let e = acc.entry(short).or_default();
         e.0 += l.out_nmse;
-        e.1 += 1;
+        e.1 += l.act_only_nmse;
+        e.2 += 1;
     }
     acc.into_iter()
-        .map(|(k, (s, n))| (k, s / n.max(1) as f64))
+        .map(|(k, (s, a, n))| (k, s / n.max(1) as f64, a / n.max(1) as f64))
         .collect()
 }

@@ -1,1 +1,612 @@
-//! dgq-cuda (filled by later issues).
+//! # dgq-cuda
+//!
+//! CUDA kernels for DGQ W4A8 inference on Hopper (sm_90a), with a safe Rust API on
+//! [cudarc](https://docs.rs/cudarc) (device memory, streams, events; the driver is loaded at run
+//! time).
+//!
+//! - [`PreparedDgqWeight::prepare`]: canonical [`DualGrainedWeight`] → kernel layout on the device
+//!   ([`layout`] documents it; [`layout::unprepare_host`] inverts it exactly).
+//! - [`quantize_acts_dynamic`] / [`quantize_acts_static`]: f16/bf16 `[M, K]` → int8 + f32 scales,
+//!   optionally dividing by smoothing factors in the same pass.
+//! - [`w4a8_gemm`]: int8 `[M, K]` × prepared `[N, K]` → f16/bf16 `[M, N]` with the
+//!   `s_x[m]·s1[n]` epilogue and optional bias; [`w4a8_gemm_i32`] returns the exact INT32
+//!   accumulators. u4 weights stay u4 in device memory and are expanded to int8 in registers
+//!   inside the main loop; the products run on INT8 tensor cores: `mma.sync` m16n8k32 in the
+//!   split-K decode kernel (M ≤ 32), `wgmma` m64n128k32 with the weights as the register
+//!   operand in the prefill kernel.
+//!
+//! Every launch is enqueued on the caller's stream; nothing synchronises and nothing allocates
+//! in the hot path (the split-K scratch is an explicit [`GemmWorkspace`]).
+//!
+//! Supported shapes: any `M ≥ 1`; `N % 128 == 0`; `K % 128 == 0`; group size a multiple of 64
+//! dividing K. Anything else is a typed [`Error`] before launch. Built without nvcc, every call
+//! returns [`Error::NotBuiltWithCuda`].
+
+pub mod error;
+mod ffi;
+pub mod layout;
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+pub use cudarc::{self};
+use dgq_core::DualGrainedWeight;
+
+pub use error::{Error, Result};
+pub use ffi::BUILT_WITH_CUDA;
+pub use layout::{prepare_host, unprepare_host, PreparedHost};
+
+/// Largest M the decode (split-K) kernel handles; larger M uses the tiled kernel.
+pub const DECODE_MAX_M: usize = 32;
+
+/// Facts about the device the kernels need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Device ordinal.
+    pub ordinal: usize,
+    /// Device name.
+    pub name: String,
+    /// Streaming multiprocessors.
+    pub num_sms: i32,
+}
+
+/// Opens device `ordinal` and checks that the kernels can run on it (built with CUDA, driver
+/// present, compute capability 9.0).
+pub fn open_device(ordinal: usize) -> Result<Arc<CudaContext>> {
+    if !BUILT_WITH_CUDA {
+        return Err(Error::NotBuiltWithCuda);
+    }
+    // SAFETY: only probes whether the driver library can be loaded.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::NoDevice(
+            "the CUDA driver library (libcuda) is not present".into(),
+        ));
+    }
+    // cudarc panics when a driver symbol is missing (too old a driver); report that as a value.
+    let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
+        .map_err(|_| {
+            Error::NoDevice("the CUDA driver could not be initialised (driver too old?)".into())
+        })?
+        .map_err(|e| Error::NoDevice(e.to_string()))?;
+    device_info(&ctx)?;
+    Ok(ctx)
+}
+
+/// Checks the device behind `ctx` and returns what the kernels need to know about it.
+pub fn device_info(ctx: &CudaContext) -> Result<DeviceInfo> {
+    let (major, minor) = ctx.compute_capability()?;
+    let name = ctx.name()?;
+    if (major, minor) != (9, 0) {
+        return Err(Error::UnsupportedDevice { name, major, minor });
+    }
+    let num_sms = ctx.attribute(
+        cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+    )?;
+    Ok(DeviceInfo {
+        ordinal: ctx.ordinal(),
+        name,
+        num_sms,
+    })
+}
+
+/// Runs a tiny dp4a kernel and checks its output: proves build, link, load and launch.
+pub fn self_test(stream: &Arc<CudaStream>) -> Result<()> {
+    device_info(stream.context())?;
+    let mut out = stream.alloc_zeros::<i32>(32)?;
+    {
+        let (ptr, _guard) = out.device_ptr_mut(stream);
+        // SAFETY: `out` holds 32 i32 on this stream's device.
+        unsafe { ffi::ping(ptr, stream.cu_stream() as *mut _)? };
+    }
+    let host = stream.clone_dtoh(&out)?;
+    for (i, &v) in host.iter().enumerate() {
+        let want = 4 * (i * i) as i32;
+        if v != want {
+            return Err(Error::Launch {
+                code: -100,
+                message: format!("self test: out[{i}] = {v}, expected {want}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// 16-bit float element types the kernels read and write (`f16`, `bf16`).
+pub trait Half: sealed::Sealed + cudarc::driver::DeviceRepr + Copy {
+    #[doc(hidden)]
+    const IS_BF16: bool;
+}
+impl Half for half::f16 {
+    const IS_BF16: bool = false;
+}
+impl Half for half::bf16 {
+    const IS_BF16: bool = true;
+}
+
+/// DGQ weights in the kernel layout, on the device. Built once at load time by
+/// [`PreparedDgqWeight::prepare`].
+#[derive(Debug)]
+pub struct PreparedDgqWeight {
+    n: usize,
+    k: usize,
+    group_size: usize,
+    ordinal: usize,
+    num_sms: i32,
+    wq: CudaSlice<u8>,
+    meta: CudaSlice<u32>,
+    qmin: CudaSlice<u8>,
+    s1: CudaSlice<f32>,
+}
+
+impl PreparedDgqWeight {
+    /// Validates `w`, reorders it into the kernel layout on the host and uploads it on `stream`.
+    pub fn prepare(w: &DualGrainedWeight, stream: &Arc<CudaStream>) -> Result<Self> {
+        if !BUILT_WITH_CUDA {
+            return Err(Error::NotBuiltWithCuda);
+        }
+        Self::upload(&prepare_host(w)?, stream)
+    }
+
+    /// Uploads an already prepared host weight (checked by a full decode first).
+    pub fn upload(h: &PreparedHost, stream: &Arc<CudaStream>) -> Result<Self> {
+        if !BUILT_WITH_CUDA {
+            return Err(Error::NotBuiltWithCuda);
+        }
+        let info = device_info(stream.context())?;
+        unprepare_host(h)?;
+        Self::upload_unchecked(h, stream, &info)
+    }
+
+    fn upload_unchecked(
+        h: &PreparedHost,
+        stream: &Arc<CudaStream>,
+        info: &DeviceInfo,
+    ) -> Result<Self> {
+        Ok(PreparedDgqWeight {
+            n: h.n,
+            k: h.k,
+            group_size: h.group_size,
+            ordinal: info.ordinal,
+            num_sms: info.num_sms,
+            wq: stream.clone_htod(&h.wq)?,
+            meta: stream.clone_htod(&h.meta)?,
+            qmin: stream.clone_htod(&h.qmin)?,
+            s1: stream.clone_htod(&h.s1)?,
+        })
+    }
+
+    /// Uploads a prepared host weight without decoding it first: for benchmarks that fill the
+    /// device with many copies of one checked weight.
+    #[doc(hidden)]
+    pub fn upload_trusted(h: &PreparedHost, stream: &Arc<CudaStream>) -> Result<Self> {
+        if !BUILT_WITH_CUDA {
+            return Err(Error::NotBuiltWithCuda);
+        }
+        let info = device_info(stream.context())?;
+        layout::check_supported(h.n, h.k, h.group_size)?;
+        Self::upload_unchecked(h, stream, &info)
+    }
+
+    /// Copies the device buffers back (for tests: `unprepare_host(&w.download(s)?)` is `w`).
+    pub fn download(&self, stream: &Arc<CudaStream>) -> Result<PreparedHost> {
+        Ok(PreparedHost {
+            n: self.n,
+            k: self.k,
+            group_size: self.group_size,
+            wq: stream.clone_dtoh(&self.wq)?,
+            meta: stream.clone_dtoh(&self.meta)?,
+            qmin: stream.clone_dtoh(&self.qmin)?,
+            s1: stream.clone_dtoh(&self.s1)?,
+        })
+    }
+
+    /// Output channels N.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Input channels K.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Group size.
+    pub fn group_size(&self) -> usize {
+        self.group_size
+    }
+    /// Bytes the GEMM reads per call (codes, meta, s1); qmin is not read.
+    pub fn gemm_bytes(&self) -> usize {
+        self.wq.num_bytes() + self.meta.num_bytes() + self.s1.num_bytes()
+    }
+}
+
+/// Split-K scratch for the GEMM kernels: int32 partial sums and per-tile counters. Counters
+/// start at zero and every GEMM leaves them at zero. One workspace serves one stream at a time.
+#[derive(Debug)]
+pub struct GemmWorkspace {
+    partials: CudaSlice<i32>,
+    counters: CudaSlice<u32>,
+}
+
+/// Largest M for which [`GemmWorkspace::for_shapes`] sizes the split-K scratch; beyond it the
+/// output tiles alone fill the GPU for every supported shape of at least 4096 channels.
+pub const WORKSPACE_MAX_M: usize = 2048;
+
+impl GemmWorkspace {
+    /// A workspace large enough for the kernels' preferred split-K factor on every `(N, K)` in
+    /// `shapes` and every M ≤ [`WORKSPACE_MAX_M`]. With a smaller workspace the GEMM still runs,
+    /// with a smaller split.
+    pub fn for_shapes(stream: &Arc<CudaStream>, shapes: &[(usize, usize)]) -> Result<Self> {
+        if !BUILT_WITH_CUDA {
+            return Err(Error::NotBuiltWithCuda);
+        }
+        let info = device_info(stream.context())?;
+        let mut partials = 1usize;
+        let mut counters = 1usize;
+        for &(n, k) in shapes {
+            layout::check_supported(n, k, layout::CHUNK_K)?;
+            for m in 1..=WORKSPACE_MAX_M {
+                let (p, c) = ffi::workspace_len(m as i32, n as i32, k as i32, info.num_sms);
+                partials = partials.max(p);
+                counters = counters.max(c);
+            }
+        }
+        Ok(GemmWorkspace {
+            partials: stream.alloc_zeros(partials)?,
+            counters: stream.alloc_zeros(counters)?,
+        })
+    }
+
+    /// Bytes held on the device.
+    pub fn bytes(&self) -> usize {
+        self.partials.num_bytes() + self.counters.num_bytes()
+    }
+}
+
+/// Which GEMM kernel to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelChoice {
+    /// Decode kernel for M ≤ [`DECODE_MAX_M`], tiled kernel above.
+    #[default]
+    Auto,
+    /// The split-K decode kernel (M ≤ [`DECODE_MAX_M`]).
+    Decode,
+    /// The tiled tensor-core kernel (any M): Hopper `wgmma` when N % 256 == 0, otherwise the
+    /// `mma.sync` kernel.
+    Prefill,
+    /// The tiled `mma.sync` kernel (any M).
+    PrefillMma,
+}
+
+/// Tuning knobs of [`w4a8_gemm`]; the defaults are what callers normally want.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GemmConfig {
+    /// Kernel selection.
+    pub kernel: KernelChoice,
+    /// Split-K factor of the decode or `wgmma` kernel (`None`: heuristic; capped by the
+    /// workspace).
+    pub split_k: Option<u32>,
+}
+
+/// Activation scales of a [`w4a8_gemm`] call, on the device.
+#[derive(Debug, Clone, Copy)]
+pub enum ActScales<'a> {
+    /// One scale per token, length M (dynamic quantization).
+    PerToken(&'a CudaSlice<f32>),
+    /// One scale for the tensor, length 1 (static quantization).
+    PerTensor(&'a CudaSlice<f32>),
+}
+
+fn check_len(what: &str, expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::shape(what, expected, got))
+    }
+}
+
+fn check_align(what: &'static str, ptr: u64, align: usize) -> Result<()> {
+    if ptr % align as u64 == 0 {
+        Ok(())
+    } else {
+        Err(Error::Misaligned {
+            what,
+            align,
+            addr: ptr,
+        })
+    }
+}
+
+fn check_ordinal(what: &'static str, stream: &CudaStream, found: usize) -> Result<()> {
+    let expected = stream.context().ordinal();
+    if expected == found {
+        Ok(())
+    } else {
+        Err(Error::WrongDevice {
+            what,
+            expected,
+            found,
+        })
+    }
+}
+
+fn to_i32(what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::unsupported(what, format!("{v} does not fit in i32")))
+}
+
+/// Checks a GEMM's dimensions against the kernels' limits (no device needed).
+pub fn check_gemm_shape(m: usize, n: usize, k: usize, group_size: usize) -> Result<()> {
+    if m == 0 {
+        return Err(Error::shape("M", "at least 1", 0));
+    }
+    layout::check_supported(n, k, group_size)?;
+    to_i32("M", m)?;
+    if m.checked_mul(n.max(k)).is_none() {
+        return Err(Error::unsupported("M", "M·max(N, K) overflows"));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_impl(
+    stream: &Arc<CudaStream>,
+    x: &impl DevicePtr<i8>,
+    m: usize,
+    w: &PreparedDgqWeight,
+    scales: Option<ActScales<'_>>,
+    bias: Option<&CudaSlice<f32>>,
+    out_ptr: u64,
+    out_len: usize,
+    out_kind: ffi::OutKind,
+    ws: &mut GemmWorkspace,
+    cfg: &GemmConfig,
+) -> Result<()> {
+    if !BUILT_WITH_CUDA {
+        return Err(Error::NotBuiltWithCuda);
+    }
+    let (n, k) = (w.n, w.k);
+    check_gemm_shape(m, n, k, w.group_size)?;
+    check_ordinal("weight", stream, w.ordinal)?;
+    check_len("x (M·K int8)", m * k, x.len())?;
+    check_len("out (M·N)", m * n, out_len)?;
+    if cfg.kernel == KernelChoice::Decode && m > DECODE_MAX_M {
+        return Err(Error::unsupported(
+            "M",
+            format!("the decode kernel takes M ≤ {DECODE_MAX_M}, got {m}"),
+        ));
+    }
+    if let Some(b) = bias {
+        check_len("bias (N)", n, b.len())?;
+    }
+    let (sx, per_token) = match scales {
+        Some(ActScales::PerToken(s)) => {
+            check_len("per-token scales (M)", m, s.len())?;
+            (Some(s), true)
+        }
+        Some(ActScales::PerTensor(s)) => {
+            check_len("per-tensor scale", 1, s.len())?;
+            (Some(s), false)
+        }
+        None => (None, false),
+    };
+    let split_k = match cfg.split_k {
+        Some(s) if s == 0 || s as usize > k / layout::CHUNK_K => {
+            return Err(Error::InvalidArgument {
+                what: "split_k",
+                reason: format!("must be in 1..={}, got {s}", k / layout::CHUNK_K),
+            })
+        }
+        Some(s) => s as i32,
+        None => 0,
+    };
+
+    let (x_ptr, _gx) = x.device_ptr(stream);
+    check_align("x", x_ptr, 16)?;
+    check_align(
+        "out",
+        out_ptr,
+        if out_kind == ffi::OutKind::I32 { 4 } else { 2 },
+    )?;
+    let (wq, _g1) = w.wq.device_ptr(stream);
+    let (wmeta, _g2) = w.meta.device_ptr(stream);
+    let (s1, _g3) = w.s1.device_ptr(stream);
+    let sx_guard = sx.map(|s| s.device_ptr(stream));
+    let bias_guard = bias.map(|b| b.device_ptr(stream));
+    let (parts_len, counters_len) = (ws.partials.len(), ws.counters.len());
+    let (parts, _g4) = ws.partials.device_ptr_mut(stream);
+    let (counters, _g5) = ws.counters.device_ptr_mut(stream);
+    let launch = ffi::GemmLaunch {
+        x: x_ptr,
+        wq,
+        wmeta,
+        s1,
+        sx: sx_guard.as_ref().map_or(0, |g| g.0),
+        sx_per_token: per_token,
+        bias: bias_guard.as_ref().map_or(0, |g| g.0),
+        out: out_ptr,
+        out_kind,
+        m: to_i32("M", m)?,
+        n: to_i32("N", n)?,
+        k: to_i32("K", k)?,
+        group_size: to_i32("group size", w.group_size)?,
+        ws_partials: parts,
+        ws_partials_len: parts_len,
+        ws_counters: counters,
+        ws_counters_len: counters_len,
+        kernel: match cfg.kernel {
+            KernelChoice::Auto => 0,
+            KernelChoice::Decode => 1,
+            KernelChoice::Prefill => 2,
+            KernelChoice::PrefillMma => 3,
+        },
+        split_k,
+        num_sms: w.num_sms,
+    };
+    // SAFETY: every pointer comes from a live cudarc allocation whose length was checked above
+    // against the shapes the kernel indexes; the stream belongs to the same device.
+    unsafe { ffi::gemm(&launch, stream.cu_stream() as *mut _) }
+}
+
+/// `out[M, N] = (s_x[m] · s1[n]) · (X_s8 · W_s8ᵀ)[m, n] (+ bias[n])`, rounded to `O`.
+///
+/// `x` is int8 `[M, K]` row-major (16-byte aligned), `out` `[M, N]` row-major. Enqueued on
+/// `stream`; `ws` must not be in use by another stream at the same time.
+#[allow(clippy::too_many_arguments)]
+pub fn w4a8_gemm<O: Half>(
+    stream: &Arc<CudaStream>,
+    x: &impl DevicePtr<i8>,
+    m: usize,
+    w: &PreparedDgqWeight,
+    scales: ActScales<'_>,
+    bias: Option<&CudaSlice<f32>>,
+    out: &mut impl DevicePtrMut<O>,
+    ws: &mut GemmWorkspace,
+    cfg: &GemmConfig,
+) -> Result<()> {
+    let len = out.len();
+    let (out_ptr, _g) = out.device_ptr_mut(stream);
+    let kind = if O::IS_BF16 {
+        ffi::OutKind::Bf16
+    } else {
+        ffi::OutKind::F16
+    };
+    gemm_impl(
+        stream,
+        x,
+        m,
+        w,
+        Some(scales),
+        bias,
+        out_ptr,
+        len,
+        kind,
+        ws,
+        cfg,
+    )
+}
+
+/// The exact INT32 accumulators `X_s8 · W_s8ᵀ` `[M, N]` (same kernels, no epilogue).
+pub fn w4a8_gemm_i32(
+    stream: &Arc<CudaStream>,
+    x: &impl DevicePtr<i8>,
+    m: usize,
+    w: &PreparedDgqWeight,
+    out: &mut impl DevicePtrMut<i32>,
+    ws: &mut GemmWorkspace,
+    cfg: &GemmConfig,
+) -> Result<()> {
+    let len = out.len();
+    let (out_ptr, _g) = out.device_ptr_mut(stream);
+    gemm_impl(
+        stream,
+        x,
+        m,
+        w,
+        None,
+        None,
+        out_ptr,
+        len,
+        ffi::OutKind::I32,
+        ws,
+        cfg,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn quant_impl<T: Half>(
+    stream: &Arc<CudaStream>,
+    x: &impl DevicePtr<T>,
+    m: usize,
+    k: usize,
+    smooth: Option<&CudaSlice<f32>>,
+    static_scale: f32,
+    q: &mut impl DevicePtrMut<i8>,
+    scales: Option<&mut CudaSlice<f32>>,
+) -> Result<()> {
+    if !BUILT_WITH_CUDA {
+        return Err(Error::NotBuiltWithCuda);
+    }
+    if m == 0 {
+        return Err(Error::shape("M", "at least 1", 0));
+    }
+    if k == 0 || k % 8 != 0 {
+        return Err(Error::unsupported(
+            "K",
+            format!("activation quantization needs K % 8 == 0, got {k}"),
+        ));
+    }
+    to_i32("M", m)?;
+    to_i32("K", k)?;
+    let mk = m
+        .checked_mul(k)
+        .ok_or_else(|| Error::unsupported("M·K", "overflows"))?;
+    check_len("x (M·K)", mk, x.len())?;
+    check_len("q (M·K)", mk, q.len())?;
+    if let Some(s) = smooth {
+        check_len("smoothing factors (K)", k, s.len())?;
+    }
+    if let Some(s) = scales.as_ref() {
+        check_len("scales (M)", m, s.len())?;
+    }
+    let (x_ptr, _g0) = x.device_ptr(stream);
+    check_align("x", x_ptr, 16)?;
+    let (q_ptr, _g1) = q.device_ptr_mut(stream);
+    check_align("q", q_ptr, 8)?;
+    let smooth_guard = smooth.map(|s| s.device_ptr(stream));
+    if let Some(g) = smooth_guard.as_ref() {
+        check_align("smoothing factors", g.0, 16)?;
+    }
+    let scales_guard = scales.map(|s| s.device_ptr_mut(stream));
+    let launch = ffi::QuantLaunch {
+        x: x_ptr,
+        bf16: T::IS_BF16,
+        smooth: smooth_guard.as_ref().map_or(0, |g| g.0),
+        static_scale,
+        q: q_ptr,
+        scales: scales_guard.as_ref().map_or(0, |g| g.0),
+        m: m as i32,
+        k: k as i32,
+    };
+    // SAFETY: lengths checked above against M·K, K and M; pointers from live allocations.
+    unsafe { ffi::quantize(&launch, stream.cu_stream() as *mut _) }
+}
+
+/// Dynamic per-token INT8 quantization of `x` `[M, K]` (f16/bf16): writes codes to `q` `[M, K]`
+/// and `scales[m] = max|x_m| / 127`. With `smooth` (`[K]`, f32) the row is divided by it first.
+/// Bit-identical to `dgq_core::act` (round half to even, codes in [−127, 127]).
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_acts_dynamic<T: Half>(
+    stream: &Arc<CudaStream>,
+    x: &impl DevicePtr<T>,
+    m: usize,
+    k: usize,
+    smooth: Option<&CudaSlice<f32>>,
+    q: &mut impl DevicePtrMut<i8>,
+    scales: &mut CudaSlice<f32>,
+) -> Result<()> {
+    quant_impl(stream, x, m, k, smooth, 0.0, q, Some(scales))
+}
+
+/// Static per-tensor INT8 quantization: `q = clamp(rne(x · (1/scale)), −127, 127)`, optionally
+/// after dividing by `smooth`. `scale` must be finite and > 0.
+pub fn quantize_acts_static<T: Half>(
+    stream: &Arc<CudaStream>,
+    x: &impl DevicePtr<T>,
+    m: usize,
+    k: usize,
+    smooth: Option<&CudaSlice<f32>>,
+    scale: f32,
+    q: &mut impl DevicePtrMut<i8>,
+) -> Result<()> {
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(Error::InvalidArgument {
+            what: "static scale",
+            reason: format!("must be finite and > 0, got {scale}"),
+        });
+    }
+    quant_impl(stream, x, m, k, smooth, scale, q, None)
+}

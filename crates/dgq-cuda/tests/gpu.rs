@@ -1,0 +1,512 @@
+//! GPU tests: bit-exact INT32 accumulators against the CPU reference, float epilogue within
+//! 1e-3 relative, activation quantization bit-exact, typed errors before launch. Each test
+//! skips with a printed reason when no usable GPU (or no kernels) is present.
+//!
+//! `DGQ_GPU_TEST_QUICK=1` restricts the sweeps to small shapes (for compute-sanitizer runs).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use dgq_cuda::*;
+use half::{bf16, f16};
+
+fn gpu() -> Option<(Arc<CudaContext>, Arc<CudaStream>)> {
+    match open_device(0) {
+        Ok(ctx) => {
+            let s = ctx.default_stream();
+            Some((ctx, s))
+        }
+        Err(e) => {
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+    }
+}
+
+fn quick() -> bool {
+    std::env::var("DGQ_GPU_TEST_QUICK").is_ok_and(|v| v == "1")
+}
+
+#[test]
+fn self_test_runs() {
+    let Some((_ctx, s)) = gpu() else { return };
+    self_test(&s).unwrap();
+}
+
+#[test]
+fn prepare_round_trips_through_the_device() {
+    let Some((_ctx, s)) = gpu() else { return };
+    let w = random_weight(256, 512, 128, 3);
+    let p = PreparedDgqWeight::prepare(&w, &s).unwrap();
+    assert_eq!(unprepare_host(&p.download(&s).unwrap()).unwrap(), w);
+}
+
+/// Runs the GEMM on `x` with every applicable kernel and checks the accumulators exactly.
+struct Case {
+    w8: ndarray::Array2<i8>,
+    pw: PreparedDgqWeight,
+    ws: GemmWorkspace,
+    group_size: usize,
+}
+
+fn case(s: &Arc<CudaStream>, w: &dgq_core::DualGrainedWeight) -> Case {
+    Case {
+        w8: w.to_int8(),
+        pw: PreparedDgqWeight::prepare(w, s).unwrap(),
+        ws: GemmWorkspace::for_shapes(s, &[(w.n(), w.k())]).unwrap(),
+        group_size: w.group_size,
+    }
+}
+
+fn check_i32(s: &Arc<CudaStream>, c: &mut Case, m: usize, seed: u64) {
+    let (n, k) = c.w8.dim();
+    let (pw, ws) = (&c.pw, &mut c.ws);
+    let x = random_acts(m, k, seed);
+    let want = ref_gemm_i32(&x, m, &c.w8);
+    let xd = s.clone_htod(&x).unwrap();
+    let mut cfgs = vec![
+        GemmConfig::default(),
+        GemmConfig {
+            kernel: KernelChoice::Prefill,
+            split_k: None,
+        },
+    ];
+    if m <= DECODE_MAX_M {
+        cfgs.push(GemmConfig {
+            kernel: KernelChoice::Decode,
+            split_k: Some(1),
+        });
+        cfgs.push(GemmConfig {
+            kernel: KernelChoice::Decode,
+            split_k: Some(3.min(k as u32 / 64)),
+        });
+    }
+    for cfg in cfgs {
+        // Poison so that unwritten outputs cannot pass.
+        let mut out = s.clone_htod(&vec![0x7f7f_7f7fi32; m * n]).unwrap();
+        w4a8_gemm_i32(s, &xd, m, pw, &mut out, ws, &cfg).unwrap();
+        let got = s.clone_dtoh(&out).unwrap();
+        let bad = got.iter().zip(&want).position(|(a, b)| a != b);
+        assert!(
+            bad.is_none(),
+            "M={m} N={n} K={k} g={} {cfg:?}: first mismatch at {:?}: got {} want {}",
+            c.group_size,
+            bad.map(|i| (i / n, i % n)),
+            got[bad.unwrap_or(0)],
+            want[bad.unwrap_or(0)]
+        );
+    }
+}
+
+#[test]
+fn gemm_i32_is_bit_exact_small_shapes() {
+    let Some((_ctx, s)) = gpu() else { return };
+    let ms: &[usize] = if quick() {
+        &[1, 7, 16, 33, 128]
+    } else {
+        &[1, 2, 7, 16, 33, 128, 1024]
+    };
+    for (i, &(n, k, gs)) in [
+        (128, 128, 64),
+        (256, 512, 128),
+        (384, 768, 64),
+        (512, 1024, 256),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut c = case(&s, &random_weight(n, k, gs, 100 + i as u64));
+        for &m in ms {
+            check_i32(&s, &mut c, m, 1000 + m as u64);
+        }
+    }
+}
+
+#[test]
+fn gemm_i32_is_bit_exact_llama_shapes() {
+    let Some((_ctx, s)) = gpu() else { return };
+    if quick() {
+        eprintln!("DGQ_GPU_TEST_QUICK=1: skipping LLaMA-size shapes");
+        return;
+    }
+    // LLaMA-7B (q/o, gate/up, down) and LLaMA-70B (q/o, gate/up) projections.
+    let shapes: &[(usize, usize, &[usize])] = &[
+        (4096, 4096, &[1, 2, 7, 16, 33, 128, 1024]),
+        (11008, 4096, &[1, 16, 33, 128]),
+        (4096, 11008, &[1, 16, 33, 128]),
+        (8192, 8192, &[1, 7, 16, 33, 128]),
+        (28672, 8192, &[1, 16, 33]),
+    ];
+    for (i, &(n, k, ms)) in shapes.iter().enumerate() {
+        let mut c = case(&s, &random_weight(n, k, 128, 200 + i as u64));
+        for &m in ms {
+            check_i32(&s, &mut c, m, 2000 + m as u64);
+        }
+    }
+}
+
+fn rel_check(what: &str, got: &[f32], want: &[f32]) {
+    let mut worst = 0f32;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}: non-finite output at {i}");
+        let rel = (g - w).abs() / w.abs().max(f32::MIN_POSITIVE);
+        assert!(
+            rel <= 1e-3 || (g - w).abs() <= 1e-6,
+            "{what}: out[{i}] = {g}, reference {w} (rel {rel})"
+        );
+        if (g - w).abs() > 1e-6 {
+            worst = worst.max(rel);
+        }
+    }
+    eprintln!("{what}: max relative error {worst:e} (where |error| > 1e-6)");
+}
+
+#[test]
+fn gemm_float_epilogue_within_1e3() {
+    let Some((_ctx, s)) = gpu() else { return };
+    let (n, k) = (384, 1024);
+    let w = random_weight(n, k, 128, 7);
+    let pw = PreparedDgqWeight::prepare(&w, &s).unwrap();
+    let mut ws = GemmWorkspace::for_shapes(&s, &[(n, k)]).unwrap();
+    let mut rng = Rng(99);
+    let bias: Vec<f32> = (0..n).map(|_| rng.uniform() - 0.5).collect();
+    let bias_d = s.clone_htod(&bias).unwrap();
+    for &m in &[1usize, 16, 33, 200] {
+        let x = random_acts(m, k, 5 + m as u64);
+        let acc = ref_gemm_i32(&x, m, &w.to_int8());
+        let sx: Vec<f32> = (0..m).map(|_| 1e-3 + 1e-2 * rng.uniform()).collect();
+        let xd = s.clone_htod(&x).unwrap();
+        let sxd = s.clone_htod(&sx).unwrap();
+        let st = s.clone_htod(&[0.0123f32]).unwrap();
+        for (scales, per_token) in [
+            (ActScales::PerToken(&sxd), true),
+            (ActScales::PerTensor(&st), false),
+        ] {
+            for with_bias in [false, true] {
+                let want: Vec<f32> = (0..m * n)
+                    .map(|i| {
+                        let (mi, ni) = (i / n, i % n);
+                        let sxm = if per_token { sx[mi] } else { 0.0123 };
+                        let y = acc[i] as f32 * (sxm * w.s1[ni].to_f32());
+                        if with_bias {
+                            y + bias[ni]
+                        } else {
+                            y
+                        }
+                    })
+                    .collect();
+                let b = with_bias.then_some(&bias_d);
+                let mut o16 = s.clone_htod(&vec![f16::NAN; m * n]).unwrap();
+                w4a8_gemm(
+                    &s,
+                    &xd,
+                    m,
+                    &pw,
+                    scales,
+                    b,
+                    &mut o16,
+                    &mut ws,
+                    &GemmConfig::default(),
+                )
+                .unwrap();
+                let got: Vec<f32> = s
+                    .clone_dtoh(&o16)
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect();
+                rel_check(
+                    &format!("f16 M={m} per_token={per_token} bias={with_bias}"),
+                    &got,
+                    &want,
+                );
+                let mut ob = s.clone_htod(&vec![bf16::NAN; m * n]).unwrap();
+                w4a8_gemm(
+                    &s,
+                    &xd,
+                    m,
+                    &pw,
+                    scales,
+                    b,
+                    &mut ob,
+                    &mut ws,
+                    &GemmConfig::default(),
+                )
+                .unwrap();
+                let got: Vec<f32> = s
+                    .clone_dtoh(&ob)
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect();
+                // bf16 keeps 8 bits: compare with the reference rounded the same way.
+                let want_b: Vec<f32> = want.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+                rel_check(
+                    &format!("bf16 M={m} per_token={per_token} bias={with_bias}"),
+                    &got,
+                    &want_b,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_quantization_is_bit_exact() {
+    let Some((_ctx, s)) = gpu() else { return };
+    let mut rng = Rng(11);
+    for &(m, k) in &[(1usize, 8usize), (3, 4096), (5, 11008), (2, 40000)] {
+        // Rows of mixed magnitude, one all-zero row, values that land on .5 boundaries.
+        let mut x: Vec<f32> = (0..m * k).map(|_| (rng.uniform() - 0.5) * 8.0).collect();
+        if m > 1 {
+            x[k..2 * k].iter_mut().for_each(|v| *v = 0.0);
+        }
+        x[0] = 127.0;
+        if k > 2 {
+            x[1] = 63.5;
+            x[2] = -0.5;
+        }
+        let smooth: Vec<f32> = (0..k).map(|_| 1.0 + 3.0 * rng.uniform()).collect();
+        let smooth_d = s.clone_htod(&smooth).unwrap();
+        for bf in [false, true] {
+            // Quantize what the device sees: the 16-bit values.
+            let xr: Vec<f32> = if bf {
+                x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
+            } else {
+                x.iter().map(|&v| f16::from_f32(v).to_f32()).collect()
+            };
+            for use_smooth in [false, true] {
+                let sm = use_smooth.then_some(smooth.as_slice());
+                let smd = use_smooth.then_some(&smooth_d);
+                let (want_q, want_s) = ref_quant_dynamic(&xr, m, k, sm);
+                let want_static = ref_quant_static(&xr, m, k, sm, 0.037);
+                let mut q = s.alloc_zeros::<i8>(m * k).unwrap();
+                let mut sc = s.alloc_zeros::<f32>(m).unwrap();
+                let mut qs = s.alloc_zeros::<i8>(m * k).unwrap();
+                if bf {
+                    let xd = s
+                        .clone_htod(&xr.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>())
+                        .unwrap();
+                    quantize_acts_dynamic(&s, &xd, m, k, smd, &mut q, &mut sc).unwrap();
+                    quantize_acts_static(&s, &xd, m, k, smd, 0.037, &mut qs).unwrap();
+                } else {
+                    let xd = s
+                        .clone_htod(&xr.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())
+                        .unwrap();
+                    quantize_acts_dynamic(&s, &xd, m, k, smd, &mut q, &mut sc).unwrap();
+                    quantize_acts_static(&s, &xd, m, k, smd, 0.037, &mut qs).unwrap();
+                }
+                let tag = format!("M={m} K={k} bf16={bf} smooth={use_smooth}");
+                assert_eq!(s.clone_dtoh(&q).unwrap(), want_q, "dynamic codes {tag}");
+                let got_s = s.clone_dtoh(&sc).unwrap();
+                assert_eq!(
+                    got_s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want_s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "scales {tag}"
+                );
+                assert_eq!(
+                    s.clone_dtoh(&qs).unwrap(),
+                    want_static,
+                    "static codes {tag}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_quantize_then_gemm_matches_cpu() {
+    let Some((_ctx, s)) = gpu() else { return };
+    let (m, n, k) = (7, 256, 512);
+    let w = random_weight(n, k, 128, 8);
+    let pw = PreparedDgqWeight::prepare(&w, &s).unwrap();
+    let mut ws = GemmWorkspace::for_shapes(&s, &[(n, k)]).unwrap();
+    let mut rng = Rng(3);
+    let x: Vec<f32> = (0..m * k)
+        .map(|_| f16::from_f32(rng.uniform() * 2.0 - 1.0).to_f32())
+        .collect();
+    let (q, sx) = ref_quant_dynamic(&x, m, k, None);
+    let acc = ref_gemm_i32(&q, m, &w.to_int8());
+    let xd = s
+        .clone_htod(&x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>())
+        .unwrap();
+    let mut qd = s.alloc_zeros::<i8>(m * k).unwrap();
+    let mut sd = s.alloc_zeros::<f32>(m).unwrap();
+    quantize_acts_dynamic(&s, &xd, m, k, None, &mut qd, &mut sd).unwrap();
+    let mut out = s.alloc_zeros::<f16>(m * n).unwrap();
+    w4a8_gemm(
+        &s,
+        &qd,
+        m,
+        &pw,
+        ActScales::PerToken(&sd),
+        None,
+        &mut out,
+        &mut ws,
+        &GemmConfig::default(),
+    )
+    .unwrap();
+    let got: Vec<f32> = s
+        .clone_dtoh(&out)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    let want: Vec<f32> = (0..m * n)
+        .map(|i| acc[i] as f32 * (sx[i / n] * w.s1[i % n].to_f32()))
+        .collect();
+    rel_check("quantize + gemm", &got, &want);
+}
+
+#[test]
+fn bad_input_is_a_typed_error_and_launches_nothing() {
+    let Some((_ctx, s)) = gpu() else { return };
+    let (m, n, k) = (4, 128, 256);
+    let w = random_weight(n, k, 128, 9);
+    let pw = PreparedDgqWeight::prepare(&w, &s).unwrap();
+    let mut ws = GemmWorkspace::for_shapes(&s, &[(n, k)]).unwrap();
+    let x = s.clone_htod(&random_acts(m + 1, k, 1)).unwrap();
+    let sentinel = vec![12345i32; m * n];
+    let mut out = s.clone_htod(&sentinel).unwrap();
+    let cfg = GemmConfig::default();
+    let untouched = |out: &CudaSlice<i32>| s.clone_dtoh(out).unwrap() == sentinel;
+
+    // Misaligned activations (offset by one byte).
+    let xv = x.slice(1..1 + m * k);
+    assert!(matches!(
+        w4a8_gemm_i32(&s, &xv, m, &pw, &mut out, &mut ws, &cfg),
+        Err(Error::Misaligned { what: "x", .. })
+    ));
+    // Wrong lengths.
+    let xv = x.slice(0..m * k);
+    assert!(matches!(
+        w4a8_gemm_i32(&s, &xv, m + 1, &pw, &mut out, &mut ws, &cfg),
+        Err(Error::Shape { .. })
+    ));
+    let mut short = s.alloc_zeros::<i32>(m * n - 1).unwrap();
+    assert!(matches!(
+        w4a8_gemm_i32(&s, &xv, m, &pw, &mut short, &mut ws, &cfg),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        w4a8_gemm_i32(&s, &xv, 0, &pw, &mut out, &mut ws, &cfg),
+        Err(Error::Shape { .. })
+    ));
+    // Misaligned output.
+    let mut big = s.alloc_zeros::<f16>(m * n + 1).unwrap();
+    let mut ov = big.slice_mut(1..1 + m * n);
+    let sx = s.clone_htod(&vec![1f32; m]).unwrap();
+    let r = w4a8_gemm(
+        &s,
+        &xv,
+        m,
+        &pw,
+        ActScales::PerToken(&sx),
+        None,
+        &mut ov,
+        &mut ws,
+        &cfg,
+    );
+    assert!(r.is_ok(), "2-byte aligned f16 output is fine: {r:?}");
+    // Wrong scale and bias lengths.
+    let mut o16 = s.alloc_zeros::<f16>(m * n).unwrap();
+    let sx_short = s.clone_htod(&vec![1f32; m - 1]).unwrap();
+    assert!(matches!(
+        w4a8_gemm(
+            &s,
+            &xv,
+            m,
+            &pw,
+            ActScales::PerToken(&sx_short),
+            None,
+            &mut o16,
+            &mut ws,
+            &cfg
+        ),
+        Err(Error::Shape { .. })
+    ));
+    let bias_short = s.clone_htod(&vec![0f32; n - 1]).unwrap();
+    assert!(matches!(
+        w4a8_gemm(
+            &s,
+            &xv,
+            m,
+            &pw,
+            ActScales::PerToken(&sx),
+            Some(&bias_short),
+            &mut o16,
+            &mut ws,
+            &cfg
+        ),
+        Err(Error::Shape { .. })
+    ));
+    // Bad kernel options.
+    let big_m = 40;
+    let xb = s.clone_htod(&random_acts(big_m, k, 2)).unwrap();
+    let mut ob = s.alloc_zeros::<i32>(big_m * n).unwrap();
+    let dec = GemmConfig {
+        kernel: KernelChoice::Decode,
+        split_k: None,
+    };
+    assert!(matches!(
+        w4a8_gemm_i32(&s, &xb, big_m, &pw, &mut ob, &mut ws, &dec),
+        Err(Error::Unsupported { .. })
+    ));
+    let bad_split = GemmConfig {
+        kernel: KernelChoice::Decode,
+        split_k: Some(0),
+    };
+    assert!(matches!(
+        w4a8_gemm_i32(&s, &xv, m, &pw, &mut out, &mut ws, &bad_split),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(untouched(&out), "a rejected call wrote the output");
+
+    // Activation quantization.
+    let xh = s.clone_htod(&vec![f16::ONE; m * k + 8]).unwrap();
+    let mut q = s.alloc_zeros::<i8>(m * k).unwrap();
+    let mut sc = s.alloc_zeros::<f32>(m).unwrap();
+    let xhv = xh.slice(1..1 + m * k);
+    assert!(matches!(
+        quantize_acts_dynamic(&s, &xhv, m, k, None, &mut q, &mut sc),
+        Err(Error::Misaligned { .. })
+    ));
+    let xhv = xh.slice(0..m * k);
+    assert!(matches!(
+        quantize_acts_dynamic(&s, &xhv, m, k - 4, None, &mut q, &mut sc),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(matches!(
+        quantize_acts_static(&s, &xhv, m, k, None, 0.0, &mut q),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        quantize_acts_static(&s, &xhv, m, k, None, f32::NAN, &mut q),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let sm_short = s.clone_htod(&vec![1f32; k - 1]).unwrap();
+    assert!(matches!(
+        quantize_acts_dynamic(&s, &xhv, m, k, Some(&sm_short), &mut q, &mut sc),
+        Err(Error::Shape { .. })
+    ));
+    assert!(
+        s.clone_dtoh(&q).unwrap().iter().all(|&v| v == 0),
+        "a rejected call wrote the codes"
+    );
+
+    // Weights the kernels cannot take.
+    let w64 = random_weight(64, 256, 128, 1);
+    assert!(matches!(
+        PreparedDgqWeight::prepare(&w64, &s),
+        Err(Error::Unsupported { .. })
+    ));
+    let mut wg = random_weight(128, 256, 128, 1);
+    wg.group_size = 96;
+    assert!(matches!(
+        PreparedDgqWeight::prepare(&wg, &s),
+        Err(Error::Core(_))
+    ));
+}

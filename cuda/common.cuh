@@ -1,0 +1,103 @@
+// Shared device helpers: the in-register u4 -> s8 dequant, INT8 mma, epilogue, cp.async.
+#pragma once
+
+#include <cstdint>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "dgq_kernels.h"
+
+namespace dgq {
+
+// K covered by one prepared chunk: two m16n8k32 k-steps; one warp reads it as 32 × 16 B.
+constexpr int kChunkK = 64;
+
+struct GemmParams {
+  const int8_t *x;
+  const uint4 *wq;
+  const uint32_t *wmeta;
+  const float *s1;
+  const float *sx;
+  int sx_per_token;
+  const float *bias;
+  void *out;
+  int m, n, k, group_size;
+  int chunks_per_group;  // group_size / 64
+  int32_t *ws_partials;
+  uint32_t *ws_counters;
+};
+
+// Four u4 codes (one per byte, 0..15) -> four int8 weights. No byte carries into the next:
+// q'·S2 + a = W_s8 + 128 ∈ [1, 255] for every valid weight (prepare() guarantees it), so one
+// IMAD does four multiply-adds and the XOR maps w + 128 back to two's complement w.
+__device__ __forceinline__ uint32_t dq4(uint32_t nib, uint32_t s2, uint32_t abias) {
+  return (nib * s2 + abias) ^ 0x80808080u;
+}
+
+// One lane's 16 prepared bytes + its group's meta word -> A fragments of two k-steps.
+// a[s][0..3] are the m16n8k32 A registers of k-step s (a0/a2: row g, a1/a3: row g + 8).
+__device__ __forceinline__ void dequant(const uint4 p, const uint32_t meta, uint32_t (&a)[2][4]) {
+  const uint32_t s_lo = meta & 0xffu;
+  const uint32_t a_lo = ((meta >> 8) & 0xffu) * 0x01010101u;
+  const uint32_t s_hi = (meta >> 16) & 0xffu;
+  const uint32_t a_hi = (meta >> 24) * 0x01010101u;
+  a[0][0] = dq4(p.x & 0x0f0f0f0fu, s_lo, a_lo);
+  a[0][2] = dq4((p.x >> 4) & 0x0f0f0f0fu, s_lo, a_lo);
+  a[1][0] = dq4(p.y & 0x0f0f0f0fu, s_lo, a_lo);
+  a[1][2] = dq4((p.y >> 4) & 0x0f0f0f0fu, s_lo, a_lo);
+  a[0][1] = dq4(p.z & 0x0f0f0f0fu, s_hi, a_hi);
+  a[0][3] = dq4((p.z >> 4) & 0x0f0f0f0fu, s_hi, a_hi);
+  a[1][1] = dq4(p.w & 0x0f0f0f0fu, s_hi, a_hi);
+  a[1][3] = dq4((p.w >> 4) & 0x0f0f0f0fu, s_hi, a_hi);
+}
+
+__device__ __forceinline__ void mma_s8(int32_t (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Weights are read exactly once: keep them out of L1.
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async4(void *smem, const void *gmem, int src_bytes) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Epilogue y = float(acc) · (s_x[m] · s1[n]) (+ bias[n]), with explicit round-to-nearest
+// intrinsics so no FMA contraction changes the result versus the CPU reference.
+template <int OUT>
+__device__ __forceinline__ void store_out(const GemmParams &p, int m, int n, int32_t acc) {
+  const size_t idx = static_cast<size_t>(m) * p.n + n;
+  if constexpr (OUT == DGQ_OUT_I32) {
+    static_cast<int32_t *>(p.out)[idx] = acc;
+  } else {
+    const float sx = p.sx[p.sx_per_token ? m : 0];
+    float y = __fmul_rn(__int2float_rn(acc), __fmul_rn(sx, p.s1[n]));
+    if (p.bias != nullptr) y = __fadd_rn(y, p.bias[n]);
+    if constexpr (OUT == DGQ_OUT_F16) {
+      static_cast<__half *>(p.out)[idx] = __float2half_rn(y);
+    } else {
+      static_cast<__nv_bfloat16 *>(p.out)[idx] = __float2bfloat16_rn(y);
+    }
+  }
+}
+
+}  // namespace dgq

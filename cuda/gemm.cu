@@ -1,0 +1,490 @@
+// W4A8 GEMM: int8 activations [M, K] × prepared DGQ u4 weights [N, K] -> [M, N].
+//
+// Both kernels keep the weights as u4 in HBM and expand them to int8 in registers inside the
+// main loop (dq4: one IMAD + one XOR per four weights), then run INT8 mma.sync m16n8k32 with the
+// weights as the A operand (16 output channels) and the tokens as B (8 tokens). K is permuted
+// identically on both sides so every lane's operands come from one 16-byte load each: lane
+// (g, t) multiplies weight columns 16t..16t+15 of a 64-wide chunk with the same 16 bytes of
+// token g's row, which is exactly where the activation row already has them.
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "common.cuh"
+
+namespace dgq {
+
+// ------------------------------------------------------------------------------------------
+// Decode kernel (M <= 32): memory-bound. CTA = 4 warps = 64 output channels (one 16-row tile
+// per warp) × one K slice; grid.y splits K so that all SMs stream weights. Partial sums of a
+// split go to the workspace; the last CTA of a row block (atomic ticket) reduces and runs the
+// epilogue, then rearms the counter, so the workspace needs no memset between calls.
+// ------------------------------------------------------------------------------------------
+constexpr int kDecodeWarps = 4;
+constexpr int kDecodeRows = 16 * kDecodeWarps;
+constexpr int kDecodeUnroll = 4;
+// Chunks in flight per warp. (8 for one token tile measured slower on H100: fewer resident CTAs.)
+template <int NT>
+__host__ __device__ constexpr int decode_unroll() {
+  return kDecodeUnroll;
+}
+
+template <int NT, int OUT>
+__global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmParams p, const int split,
+                                                                   const int chunks_per_split) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int rb = blockIdx.x;
+  const int s = blockIdx.y;
+  const int rt = rb * kDecodeWarps + warp;
+  const int kc = p.k / kChunkK;
+  const int ng = p.k / p.group_size;
+  const int c_begin = s * chunks_per_split;
+  const int c_end = min(kc, c_begin + chunks_per_split);
+
+  const uint4 *wp = p.wq + static_cast<size_t>(rt) * kc * 32 + lane;
+  const uint32_t *mp = p.wmeta + static_cast<size_t>(rt) * ng * 8 + g;
+  const int8_t *xrow[NT];
+  bool xvalid[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int m = nt * 8 + g;
+    xvalid[nt] = m < p.m;
+    xrow[nt] = p.x + static_cast<size_t>(xvalid[nt] ? m : 0) * p.k + t * 16;
+  }
+
+  int32_t acc[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+
+  constexpr int U = decode_unroll<NT>();
+  for (int c = c_begin; c < c_end; c += U) {
+    uint4 w[U];
+    uint32_t meta[U];
+    uint4 xv[U][NT];
+    // Issue every load of the batch before the first use so that several are in flight.
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int cc = c + u;
+      const bool ok = cc < c_end;
+      w[u] = ok ? ld_stream(wp + static_cast<size_t>(cc) * 32) : make_uint4(0, 0, 0, 0);
+      meta[u] = ok ? __ldg(mp + (cc / p.chunks_per_group) * 8) : 0u;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        // Out-of-range chunks and padding tokens multiply zero activations.
+        xv[u][nt] = (ok && xvalid[nt]) ? __ldg(reinterpret_cast<const uint4 *>(xrow[nt] + static_cast<size_t>(cc) * kChunkK))
+                                       : make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      uint32_t a[2][4];
+      dequant(w[u], meta[u], a);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        mma_s8(acc[nt], a[0], xv[u][nt].x, xv[u][nt].y);
+        mma_s8(acc[nt], a[1], xv[u][nt].z, xv[u][nt].w);
+      }
+    }
+  }
+
+  const int n0 = rt * 16 + g;
+  if (split == 1) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int m0 = nt * 8 + t * 2;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = m0 + (i & 1), n = n0 + (i >> 1) * 8;
+        if (m < p.m) store_out<OUT>(p, m, n, acc[nt][i]);
+      }
+    }
+    return;
+  }
+
+  int32_t *part = p.ws_partials + static_cast<size_t>(s) * p.m * p.n;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int m0 = nt * 8 + t * 2;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int m = m0 + (i & 1), n = n0 + (i >> 1) * 8;
+      if (m < p.m) part[static_cast<size_t>(m) * p.n + n] = acc[nt][i];
+    }
+  }
+  __threadfence();
+  __syncthreads();
+  __shared__ bool is_last;
+  if (threadIdx.x == 0) is_last = atomicAdd(p.ws_counters + rb, 1u) == static_cast<unsigned>(split - 1);
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  const int total = p.m * kDecodeRows;
+  for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
+    const int m = idx / kDecodeRows, n = rb * kDecodeRows + idx % kDecodeRows;
+    const int32_t *src = p.ws_partials + static_cast<size_t>(m) * p.n + n;
+    int32_t sum = 0;
+    for (int ss = 0; ss < split; ++ss) sum += __ldcg(src + static_cast<size_t>(ss) * p.m * p.n);
+    store_out<OUT>(p, m, n, sum);
+  }
+  if (threadIdx.x == 0) p.ws_counters[rb] = 0u;
+}
+
+// ------------------------------------------------------------------------------------------
+// Prefill kernel: CTA tile 128 channels × BM tokens × 128 K, 8 warps as 2 (channels) × 4
+// (tokens), 4-stage cp.async pipeline of packed u4 weights and int8 activations in shared
+// memory; weights are dequantized from shared memory into registers for every k-chunk.
+// ------------------------------------------------------------------------------------------
+constexpr int kPfBN = 128;
+constexpr int kPfChunks = 2;  // chunks of 64 per stage (BK = 128)
+constexpr int kPfStages = 4;
+constexpr int kPfThreads = 256;
+constexpr int kPfGroupM = 8;  // raster: 8 token tiles share each weight tile while it sits in L2
+
+template <int BM>
+constexpr int pf_stage_u4() {
+  return (kPfBN / 16) * kPfChunks * 32 + kPfChunks * BM * 4;
+}
+template <int BM>
+constexpr size_t pf_smem_bytes() {
+  return static_cast<size_t>(kPfStages) * pf_stage_u4<BM>() * 16;
+}
+
+template <int BM, int OUT>
+__global__ void __launch_bounds__(kPfThreads, 2) prefill_kernel(const GemmParams p) {
+  constexpr int W_U4 = (kPfBN / 16) * kPfChunks * 32;
+  constexpr int X_U4 = kPfChunks * BM * 4;
+  constexpr int STAGE_U4 = W_U4 + X_U4;
+  constexpr int WM = BM / 4;  // tokens per warp
+  constexpr int NT = WM / 8;
+  constexpr int MT = 4;  // 16-row tiles per warp (64 channels)
+  extern __shared__ uint4 smem[];
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int warp_n = warp & 1, warp_m = warp >> 1;
+
+  // Grouped rasterisation.
+  const int tiles_n = p.n / kPfBN;
+  const int tiles_m = (p.m + BM - 1) / BM;
+  const int pid = blockIdx.x;
+  const int in_group = kPfGroupM * tiles_n;
+  const int first_m = (pid / in_group) * kPfGroupM;
+  const int group_m = min(tiles_m - first_m, kPfGroupM);
+  const int tile_m = first_m + (pid % in_group) % group_m;
+  const int tile_n = (pid % in_group) / group_m;
+
+  const int kc = p.k / kChunkK;
+  const int ng = p.k / p.group_size;
+  const int kt_total = kc / kPfChunks;
+  const int rt0 = tile_n * (kPfBN / 16);
+  const int m_base = tile_m * BM;
+
+  auto load_stage = [&](int stage, int kt) {
+    uint4 *sw = smem + stage * STAGE_U4;
+    uint4 *sx = sw + W_U4;
+#pragma unroll
+    for (int i = tid; i < W_U4; i += kPfThreads) {
+      const int rtl = i / (kPfChunks * 32), rem = i % (kPfChunks * 32);
+      const uint4 *src = p.wq + (static_cast<size_t>(rt0 + rtl) * kc + kt * kPfChunks) * 32 + rem;
+      cp_async16(sw + i, src, 16);
+    }
+#pragma unroll
+    for (int i = tid; i < X_U4; i += kPfThreads) {
+      const int c = i / (BM * 4), r = (i / 4) % BM, u = i % 4;
+      const int m = m_base + r;
+      const bool ok = m < p.m;
+      const int8_t *src = p.x + static_cast<size_t>(ok ? m : 0) * p.k + (kt * kPfChunks + c) * kChunkK + u * 16;
+      cp_async16(sx + i, src, ok ? 16 : 0);  // rows past M are zero-filled
+    }
+  };
+
+  int32_t acc[MT][NT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0;
+
+#pragma unroll
+  for (int st = 0; st < kPfStages - 1; ++st) {
+    if (st < kt_total) load_stage(st, st);
+    cp_async_commit();
+  }
+
+  const uint32_t *meta_base = p.wmeta + static_cast<size_t>(rt0 + warp_n * MT) * ng * 8 + g;
+
+  for (int kt = 0; kt < kt_total; ++kt) {
+    cp_async_wait<kPfStages - 2>();
+    __syncthreads();
+    {
+      const int nk = kt + kPfStages - 1;
+      if (nk < kt_total) load_stage(nk % kPfStages, nk);
+      cp_async_commit();
+    }
+    const uint4 *sw = smem + (kt % kPfStages) * STAGE_U4;
+    const uint4 *sx = sw + W_U4;
+#pragma unroll
+    for (int c = 0; c < kPfChunks; ++c) {
+      const int grp = (kt * kPfChunks + c) / p.chunks_per_group;
+      uint32_t a[MT][2][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const uint32_t meta = __ldg(meta_base + (static_cast<size_t>(mt) * ng + grp) * 8);
+        const uint4 pw = sw[((warp_n * MT + mt) * kPfChunks + c) * 32 + lane];
+        dequant(pw, meta, a[mt]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const uint4 xv = sx[(c * BM + warp_m * WM + nt * 8 + g) * 4 + t];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_s8(acc[mt][nt], a[mt][0], xv.x, xv.y);
+          mma_s8(acc[mt][nt], a[mt][1], xv.z, xv.w);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int n0 = (rt0 + warp_n * MT + mt) * 16 + g;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int m0 = m_base + warp_m * WM + nt * 8 + t * 2;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = m0 + (i & 1), n = n0 + (i >> 1) * 8;
+        if (m < p.m) store_out<OUT>(p, m, n, acc[mt][nt][i]);
+      }
+    }
+  }
+}
+
+}  // namespace dgq
+
+#include "gemm_wgmma.cuh"
+
+namespace dgq {
+
+// ------------------------------------------------------------------------------------------
+// Dispatch.
+// ------------------------------------------------------------------------------------------
+namespace {
+
+// Resident CTAs per SM of the decode kernel for a token-tile count (occupancy API, cached:
+// the answer depends only on the compiled kernel).
+int decode_ctas_per_sm(int nt) {
+  static int cache[3] = {0, 0, 0};
+  const int slot = nt == 1 ? 0 : nt == 2 ? 1 : 2;
+  if (cache[slot] == 0) {
+    int b = 0;
+    cudaError_t e;
+    if (nt == 1) {
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<1, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
+    } else if (nt == 2) {
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<2, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
+    } else {
+      e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<4, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
+    }
+    if (e != cudaSuccess || b < 1) {
+      (void)cudaGetLastError();
+      b = 4;
+    }
+    cache[slot] = b;
+  }
+  return cache[slot];
+}
+
+int decode_split(int m, int n, int k, int num_sms) {
+  if (m < 1 || m > 32 || n % kDecodeRows != 0 || k % kChunkK != 0) return 0;
+  const int row_blocks = n / kDecodeRows;
+  const int kc = k / kChunkK;
+  const int nt = m <= 8 ? 1 : m <= 16 ? 2 : 4;
+  // Fill every resident CTA slot once (a single wave: a partial second wave would stream its
+  // share at a fraction of the bandwidth) while each warp keeps at least two batches of loads.
+  const int slots = std::max(1, num_sms) * decode_ctas_per_sm(nt);
+  int split = std::max(1, slots / row_blocks);
+  split = std::min(split, std::max(1, kc / (2 * kDecodeUnroll)));
+  const int per = (kc + split - 1) / split;
+  return (kc + per - 1) / per;
+}
+
+// Split-K of the wgmma kernel: one resident CTA per SM, so fill the SMs once when the output
+// tiles alone do not, keeping at least 8 pipeline stages (K = 1024) per split so the partial
+// sums' round trip through L2 stays small against the main loop.
+int wgmma_split(int m, int n, int k, int num_sms) {
+  if (m < 1 || n % kWgBN != 0 || k % (kChunkK * kWgChunks) != 0) return 0;
+  const int tiles = (n / kWgBN) * ((m + kWgBM - 1) / kWgBM);
+  const int stages = k / (kChunkK * kWgChunks);
+  int split = std::max(1, std::max(1, num_sms) / tiles);
+  split = std::min(split, std::max(1, stages / 8));
+  const int per = (stages + split - 1) / split;
+  return (stages + per - 1) / per;
+}
+
+// Auto choice between the tiled kernels (measured on H100): with short K and fewer 256×128 tiles
+// than half the SMs, the mma.sync kernel's smaller token tiles beat a split-K wgmma.
+bool prefer_wgmma(int m, int n, int k, int num_sms) {
+  if (n % kWgBN != 0) return false;
+  const int tiles = (n / kWgBN) * ((m + kWgBM - 1) / kWgBM);
+  return k >= 8192 || 2 * tiles >= num_sms;
+}
+
+template <int OUT>
+int launch_decode(const GemmParams &p, int split, cudaStream_t stream) {
+  const int kc = p.k / kChunkK;
+  const int per = (kc + split - 1) / split;
+  split = (kc + per - 1) / per;
+  const dim3 grid(p.n / kDecodeRows, split);
+  const dim3 block(kDecodeWarps * 32);
+  if (p.m <= 8) {
+    decode_kernel<1, OUT><<<grid, block, 0, stream>>>(p, split, per);
+  } else if (p.m <= 16) {
+    decode_kernel<2, OUT><<<grid, block, 0, stream>>>(p, split, per);
+  } else {
+    decode_kernel<4, OUT><<<grid, block, 0, stream>>>(p, split, per);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <int BM, int OUT>
+int launch_prefill_bm(const GemmParams &p, cudaStream_t stream) {
+  constexpr size_t smem = pf_smem_bytes<BM>();
+  // Set on every call (cheap, host side): the attribute is per device and the caller may switch.
+  const cudaError_t e = cudaFuncSetAttribute(prefill_kernel<BM, OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(smem));
+  if (e != cudaSuccess) return static_cast<int>(e);
+  const int tiles = (p.n / kPfBN) * ((p.m + BM - 1) / BM);
+  prefill_kernel<BM, OUT><<<tiles, kPfThreads, smem, stream>>>(p);
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <int OUT>
+int launch_prefill(const GemmParams &p, int num_sms, cudaStream_t stream) {
+  // Largest token tile that still gives every SM a tile; small problems take BM = 32.
+  const int tiles_n = p.n / kPfBN;
+  auto tiles = [&](int bm) { return tiles_n * ((p.m + bm - 1) / bm); };
+  if (tiles(128) >= num_sms) return launch_prefill_bm<128, OUT>(p, stream);
+  if (tiles(64) >= num_sms) return launch_prefill_bm<64, OUT>(p, stream);
+  return launch_prefill_bm<32, OUT>(p, stream);
+}
+
+template <int OUT>
+int launch_wgmma(const GemmParams &p, int split, cudaStream_t stream) {
+  const cudaError_t e = cudaFuncSetAttribute(wgmma_kernel<OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(kWgSmemBytes));
+  if (e != cudaSuccess) return static_cast<int>(e);
+  const int tiles = (p.n / kWgBN) * ((p.m + kWgBM - 1) / kWgBM);
+  const int stages = p.k / (kChunkK * kWgChunks);
+  const int per = (stages + split - 1) / split;
+  split = (stages + per - 1) / per;
+  wgmma_kernel<OUT><<<dim3(tiles, split), kWgThreads, kWgSmemBytes, stream>>>(p, split, per);
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <int OUT>
+int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
+  const int num_sms = a.num_sms > 0 ? a.num_sms : 132;
+  bool use_decode = a.kernel == DGQ_KERNEL_DECODE || (a.kernel == DGQ_KERNEL_AUTO && a.m <= 32);
+  if (use_decode) {
+    if (a.m > 32) return DGQ_EINVAL;
+    int split = a.split_k > 0 ? a.split_k : decode_split(a.m, a.n, a.k, num_sms);
+    split = std::min(split, a.k / kChunkK);
+    // Shrink the split to what the caller's workspace holds rather than failing.
+    const size_t per_split = static_cast<size_t>(a.m) * a.n;
+    if (split > 1) {
+      const size_t fit = a.ws_partials == nullptr ? 0 : a.ws_partials_len / per_split;
+      if (a.ws_counters == nullptr || a.ws_counters_len < static_cast<size_t>(a.n / kDecodeRows)) split = 1;
+      split = static_cast<int>(std::min<size_t>(split, std::max<size_t>(fit, 1)));
+    }
+    return launch_decode<OUT>(p, std::max(split, 1), stream);
+  }
+  // The wgmma kernel needs whole 256-channel tiles; the mma.sync kernel takes the rest.
+  const bool wgmma = a.n % kWgBN == 0 && (a.kernel == DGQ_KERNEL_PREFILL ||
+                                          (a.kernel == DGQ_KERNEL_AUTO && prefer_wgmma(a.m, a.n, a.k, num_sms)));
+  if (wgmma) {
+    const int tiles = (a.n / kWgBN) * ((a.m + kWgBM - 1) / kWgBM);
+    int split = a.split_k > 0 ? a.split_k : wgmma_split(a.m, a.n, a.k, num_sms);
+    split = std::min(split, a.k / (kChunkK * kWgChunks));
+    if (split > 1) {
+      // Shrink the split to what the caller's workspace holds rather than failing.
+      const size_t per_split = static_cast<size_t>(a.m) * a.n;
+      const size_t fit = a.ws_partials == nullptr ? 0 : a.ws_partials_len / per_split;
+      if (a.ws_counters == nullptr || a.ws_counters_len < static_cast<size_t>(tiles)) split = 1;
+      split = static_cast<int>(std::min<size_t>(split, std::max<size_t>(fit, 1)));
+    }
+    return launch_wgmma<OUT>(p, std::max(split, 1), stream);
+  }
+  return launch_prefill<OUT>(p, num_sms, stream);
+}
+
+bool aligned(const void *ptr, size_t a) { return (reinterpret_cast<uintptr_t>(ptr) % a) == 0; }
+
+}  // namespace
+}  // namespace dgq
+
+extern "C" void dgq_w4a8_workspace_len(int32_t m, int32_t n, int32_t k, int32_t num_sms, size_t *partials,
+                                       size_t *counters) {
+  using namespace dgq;
+  size_t parts = 0, cnt = 0;
+  if (m >= 1 && m <= 32) {
+    const int split = decode_split(m, n, k, num_sms);
+    if (split > 1) parts = static_cast<size_t>(split) * m * n;
+    cnt = static_cast<size_t>(n / kDecodeRows);
+  } else if (m > 32 && prefer_wgmma(m, n, k, num_sms)) {
+    const int split = wgmma_split(m, n, k, num_sms);
+    const size_t tiles = static_cast<size_t>(n / kWgBN) * ((m + kWgBM - 1) / kWgBM);
+    if (split > 1) {
+      parts = static_cast<size_t>(split) * m * n;
+      cnt = tiles;
+    }
+  }
+  if (partials != nullptr) *partials = parts;
+  if (counters != nullptr) *counters = cnt;
+}
+
+extern "C" int dgq_w4a8_gemm(const DgqGemmArgs *a, void *stream) {
+  using namespace dgq;
+  if (a == nullptr) return DGQ_EINVAL;
+  // The Rust API validates first with precise errors; this is the last line of defence for C.
+  if (a->m < 1 || a->n < 1 || a->k < 1 || a->n % kPfBN != 0 || a->k % (kChunkK * kPfChunks) != 0 ||
+      a->group_size < kChunkK || a->group_size % kChunkK != 0 || a->k % a->group_size != 0)
+    return DGQ_EINVAL;
+  if (a->x == nullptr || a->wq == nullptr || a->wmeta == nullptr || a->out == nullptr) return DGQ_EINVAL;
+  if (!aligned(a->x, 16) || !aligned(a->wq, 16) || !aligned(a->wmeta, 4)) return DGQ_EINVAL;
+  if (a->out_kind != DGQ_OUT_I32) {
+    if (a->s1 == nullptr || a->sx == nullptr || !aligned(a->s1, 4) || !aligned(a->sx, 4)) return DGQ_EINVAL;
+    if (a->bias != nullptr && !aligned(a->bias, 4)) return DGQ_EINVAL;
+  }
+  if (!aligned(a->out, a->out_kind == DGQ_OUT_I32 ? 4 : 2)) return DGQ_EINVAL;
+
+  GemmParams p;
+  p.x = a->x;
+  p.wq = reinterpret_cast<const uint4 *>(a->wq);
+  p.wmeta = a->wmeta;
+  p.s1 = a->s1;
+  p.sx = a->sx;
+  p.sx_per_token = a->sx_per_token;
+  p.bias = a->bias;
+  p.out = a->out;
+  p.m = a->m;
+  p.n = a->n;
+  p.k = a->k;
+  p.group_size = a->group_size;
+  p.chunks_per_group = a->group_size / kChunkK;
+  p.ws_partials = a->ws_partials;
+  p.ws_counters = a->ws_counters;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (a->out_kind) {
+    case DGQ_OUT_F16:
+      return dispatch<DGQ_OUT_F16>(*a, p, s);
+    case DGQ_OUT_BF16:
+      return dispatch<DGQ_OUT_BF16>(*a, p, s);
+    case DGQ_OUT_I32:
+      return dispatch<DGQ_OUT_I32>(*a, p, s);
+    default:
+      return DGQ_EINVAL;
+  }
+}

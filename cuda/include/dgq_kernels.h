@@ -1,0 +1,129 @@
+/*
+ * dgq CUDA kernels: the C launch API (bindgen reads this header; it must stay plain C with no
+ * CUDA headers). Every launcher takes the caller's stream as an opaque `void*` (a cudaStream_t /
+ * CUstream), enqueues work on it and never synchronises.
+ *
+ * Return codes: 0 = success; > 0 = a cudaError_t from the launch; < 0 = a DGQ_E* code below
+ * (the arguments were rejected before anything was launched).
+ *
+ * Prepared weight layout (see crates/dgq-cuda/src/layout.rs for the exact bijection):
+ *   wq    : [N/16][K/64][32 lanes][16 B]  packed u4 codes q' = q - qmin(group), nibble order
+ *           chosen so that lane (g = lane/4, t = lane%4) holds rows 16r+g and 16r+g+8,
+ *           columns 64c + 16t .. 64c + 16t + 15 (the m16n8k32 / m64nNk32 A fragments of two
+ *           k-steps, with K permuted identically for the activations).
+ *   wmeta : [N/16][K/group][8] u32 = S2(row g) | a(row g) << 8 | S2(row g+8) << 16 | a(row g+8) << 24,
+ *           a = 128 + S2·(qmin − z), so that the int8 weight is ((q'·S2 + a) mod 256) ^ 0x80.
+ */
+#ifndef DGQ_KERNELS_H
+#define DGQ_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Arguments rejected before launch (null pointer, shape or alignment). */
+#define DGQ_EINVAL (-1)
+/** The split-K workspace is missing or too small for the requested split. */
+#define DGQ_EWORKSPACE (-2)
+
+/** Output element type of the GEMM. */
+typedef enum DgqOutKind {
+  DGQ_OUT_F16 = 0,
+  DGQ_OUT_BF16 = 1,
+  /** Raw INT32 accumulators X_s8 · W_s8ᵀ (no epilogue); for exact testing. */
+  DGQ_OUT_I32 = 2,
+} DgqOutKind;
+
+/** Which GEMM kernel to run. */
+typedef enum DgqKernel {
+  /** Decode kernel for M <= 32, prefill kernel above. */
+  DGQ_KERNEL_AUTO = 0,
+  /** Memory-bound split-K kernel (M <= 32). */
+  DGQ_KERNEL_DECODE = 1,
+  /** Tiled tensor-core kernel (any M): Hopper wgmma when N % 256 == 0, else DGQ_KERNEL_PREFILL_MMA. */
+  DGQ_KERNEL_PREFILL = 2,
+  /** Tiled mma.sync kernel with a cp.async pipeline (any M). */
+  DGQ_KERNEL_PREFILL_MMA = 3,
+} DgqKernel;
+
+/** Input element type of activation quantization. */
+typedef enum DgqInKind {
+  DGQ_IN_F16 = 0,
+  DGQ_IN_BF16 = 1,
+} DgqInKind;
+
+/** Arguments of dgq_w4a8_gemm. Shapes: N % 128 == 0, K % 128 == 0, group % 64 == 0, K % group == 0. */
+typedef struct DgqGemmArgs {
+  /** int8 activations [M, K] row-major, 16-byte aligned. */
+  const int8_t *x;
+  /** Prepared packed weights (layout above), 16-byte aligned. */
+  const uint8_t *wq;
+  /** Prepared (S2, a) words, 4-byte aligned. */
+  const uint32_t *wmeta;
+  /** Per-output-channel scale s1 [N] as f32. */
+  const float *s1;
+  /** Activation scales: [M] when sx_per_token != 0, else [1]. Unused for DGQ_OUT_I32. */
+  const float *sx;
+  int32_t sx_per_token;
+  /** Optional f32 bias [N] (NULL for none). */
+  const float *bias;
+  /** Output [M, N] row-major of out_kind. */
+  void *out;
+  int32_t out_kind;
+  int32_t m;
+  int32_t n;
+  int32_t k;
+  int32_t group_size;
+  /** Split-K workspace: int32 partial sums, capacity in elements. */
+  int32_t *ws_partials;
+  size_t ws_partials_len;
+  /** Split-K tile counters (must be zero before first use; kernels leave them zero), length in elements. */
+  uint32_t *ws_counters;
+  size_t ws_counters_len;
+  /** DgqKernel. */
+  int32_t kernel;
+  /** Split-K factor of the decode or wgmma kernel; 0 = heuristic. */
+  int32_t split_k;
+  /** Number of SMs of the device (for the heuristics). */
+  int32_t num_sms;
+} DgqGemmArgs;
+
+/** Enqueues the W4A8 GEMM Y = (s_x ⊗ s1) · (X_s8 · W_s8ᵀ) (+ bias). */
+int dgq_w4a8_gemm(const DgqGemmArgs *args, void *stream);
+
+/** Workspace (int32 partials, u32 counters, in elements) the heuristics want for one GEMM shape
+ *  with the default kernel choice; a smaller workspace only lowers the split-K factor. */
+void dgq_w4a8_workspace_len(int32_t m, int32_t n, int32_t k, int32_t num_sms, size_t *partials, size_t *counters);
+
+/** Arguments of dgq_quantize_acts. K % 8 == 0, x 16-byte aligned, q 8-byte aligned. */
+typedef struct DgqQuantArgs {
+  /** f16/bf16 activations [M, K] row-major. */
+  const void *x;
+  int32_t in_kind;
+  /** Optional smoothing factors [K] (x is divided by them first), NULL for none. */
+  const float *smooth;
+  /** 0: dynamic per-token scales written to `scales` [M]; otherwise the static per-tensor scale (> 0). */
+  float static_scale;
+  int8_t *q;
+  float *scales;
+  int32_t m;
+  int32_t k;
+} DgqQuantArgs;
+
+/** Enqueues INT8 activation quantization (round half to even, codes in [-127, 127]). */
+int dgq_quantize_acts(const DgqQuantArgs *args, void *stream);
+
+/** Writes 32 ints to `out` through a dp4a kernel: out[i] = 4·i·i (toolchain smoke test). */
+int dgq_ping(int32_t *out, void *stream);
+
+/** Name of a return code (static string). */
+const char *dgq_status_string(int code);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DGQ_KERNELS_H */

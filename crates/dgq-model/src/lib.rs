@@ -46,7 +46,7 @@ pub mod perplexity;
 pub mod qlinear;
 pub mod quantize;
 pub mod rope;
-mod search_compat;
+mod search;
 pub mod tokenizer;
 mod weights;
 

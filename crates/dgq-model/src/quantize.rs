@@ -39,7 +39,7 @@ use crate::layer::{DecoderLayer, NormSlot};
 use crate::linear::LinearSlot;
 use crate::model::Model;
 use crate::qlinear::{Exec, QWeight, QuantLinear};
-use crate::search_compat::{dgq_search, Hessian};
+use crate::search::{dgq_search, Hessian};
 
 /// A quantization recipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -110,6 +110,10 @@ struct EvalArgs {
     /// Run the integer reference GEMMs (INT8×INT4/INT8, INT32 accumulation) instead of fake-quant.
     #[arg(long)]
     integer: bool,
+    /// Keep the quantized weights but leave activations in float (W4A16 / W8A16): separates the
+    /// weight error from the activation error of a packed file.
+    #[arg(long)]
+    float_acts: bool,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -305,7 +309,12 @@ fn eval(a: EvalArgs) -> Result<()> {
     let (mut model, tok) = load(&a.model)?;
     let mut method = "fp".to_string();
     if let Some(q) = &a.quantized {
-        let packed = format::read(q).with_context(|| format!("reading {}", q.display()))?;
+        let mut packed = format::read(q).with_context(|| format!("reading {}", q.display()))?;
+        if a.float_acts {
+            for l in packed.layers.values_mut() {
+                l.act = dgq::core::act::ActQuant::None;
+            }
+        }
         let exec = if a.integer {
             Exec::Integer
         } else {
@@ -318,6 +327,9 @@ fn eval(a: EvalArgs) -> Result<()> {
             .get("dgq.method")
             .cloned()
             .unwrap_or(packed.method.clone());
+        if a.float_acts {
+            method.push_str(" (float activations)");
+        }
         if !a.json {
             eprintln!("applied {n} quantized linears ({})", packed.method);
         }
@@ -350,6 +362,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             "seconds": secs,
             "tokens_per_second": tps,
             "integer": a.integer,
+            "float_acts": a.float_acts,
             "model": a.model.display().to_string(),
             "quantized": a.quantized.as_ref().map(|p| p.display().to_string()),
             "data": file_name(&a.data),

@@ -10,6 +10,10 @@
 //!   Q5_0, Q5_1, Q8_0, Q2_K–Q6_K), with llama.cpp's Q/K permutation undone.
 //! - [`Tokenizer`]: `tokenizer.json` or the GGUF-embedded byte-level BPE.
 //! - [`perplexity()`]: windowed perplexity with a progress callback.
+//! - [`quantize_model`]: layer-wise ("true sequential") calibration and quantization of a whole
+//!   model (FP, W8A8, RTN, SmoothQuant, DGQ dynamic/static, FineQuant) into a packed file;
+//!   [`apply_packed`] loads one back as [`QuantLinear`] ops (fake-quant or integer execution);
+//!   [`sample_windows`] draws seeded calibration windows.
 //!
 //! ## Hooks for calibration and quantization
 //! Every projection is a [`Linear`] ([`FloatLinear`] weights, or any [`LinearOp`] swapped in with

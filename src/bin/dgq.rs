@@ -242,7 +242,7 @@ fn quantize(a: QuantizeArgs) -> Result<()> {
     })?;
     pb.finish_and_clear();
     let secs = t1.elapsed().as_secs_f64();
-    packed.source_model = a.model.display().to_string();
+    packed.source_model = file_name(&a.model);
     packed
         .metadata
         .insert("dgq.calib_file".into(), file_name(&a.calib));

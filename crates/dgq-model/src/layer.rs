@@ -187,6 +187,70 @@ impl DecoderLayer {
         }
     }
 
+    /// The attention sub-block up to O's input: Q/K/V projections of the (already normed) `x[T, d]`,
+    /// rotary at positions `start_pos..`, causal attention; returns the context `[T, H·hd]`.
+    /// With [`mlp_hidden`](Self::mlp_hidden) and the O/Down linears this lets a calibration driver
+    /// run a layer piece by piece ("true sequential": later linears see earlier quantized ones).
+    pub fn attention_context(&self, x: ArrayView2<f32>, start_pos: usize) -> Result<Array2<f32>> {
+        let (q, k, v) = self.qkv(x, start_pos)?;
+        attention(&self.attn, q.view(), k.view(), v.view(), 0)
+    }
+
+    /// The MLP sub-block up to the last linear's input: `silu(gate(x)) ⊙ up(x)` (LLaMA) or
+    /// `relu(fc1(x))` (OPT) of the (already normed) `x[T, d]`.
+    pub fn mlp_hidden(&self, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        match &self.mlp {
+            Mlp::SwiGlu { gate, up, .. } => {
+                let mut g = gate.forward(x)?;
+                let u = up.forward(x)?;
+                if g.dim() != u.dim() {
+                    return Err(Error::shape(
+                        "gate/up outputs",
+                        format!("{:?}", g.dim()),
+                        format!("{:?}", u.dim()),
+                    ));
+                }
+                g.zip_mut_with(&u, |g, &u| *g = ops::silu(*g) * u);
+                Ok(g)
+            }
+            Mlp::Relu { fc1, .. } => {
+                let mut f = fc1.forward(x)?;
+                f.mapv_inplace(|v| v.max(0.0));
+                Ok(f)
+            }
+        }
+    }
+
+    /// Q, K, V of `x` with rotary applied at positions `start_pos..`, widths checked.
+    fn qkv(
+        &self,
+        x: ArrayView2<f32>,
+        start_pos: usize,
+    ) -> Result<(Array2<f32>, Array2<f32>, Array2<f32>)> {
+        let mut q = self.q_proj.forward(x)?;
+        let mut k = self.k_proj.forward(x)?;
+        let v = self.v_proj.forward(x)?;
+        let spec = &self.attn;
+        // The fields are public, so a caller may have installed projections of other widths.
+        let (qd, kvd) = (
+            spec.num_heads * spec.head_dim,
+            spec.num_kv_heads * spec.head_dim,
+        );
+        if q.ncols() != qd || k.ncols() != kvd || v.ncols() != kvd {
+            return Err(Error::shape(
+                format!("layer {} q/k/v widths", self.index),
+                format!("{qd} / {kvd} / {kvd}"),
+                format!("{} / {} / {}", q.ncols(), k.ncols(), v.ncols()),
+            ));
+        }
+        if let Some(rope) = &spec.rope {
+            let (cos, sin) = rope.tables(start_pos, q.nrows());
+            rope.apply_with(q.view_mut(), &cos, &sin);
+            rope.apply_with(k.view_mut(), &cos, &sin);
+        }
+        Ok((q, k, v))
+    }
+
     /// Runs the layer on one sequence `hidden[T, d]` at positions `start_pos..start_pos+T`
     /// (causal attention within the window).
     pub fn forward(&self, hidden: ArrayView2<f32>, start_pos: usize) -> Result<Array2<f32>> {
@@ -260,28 +324,9 @@ impl DecoderLayer {
         capture(LinearSlot::Q, x.view());
         capture(LinearSlot::K, x.view());
         capture(LinearSlot::V, x.view());
-        let mut q = self.q_proj.forward(x.view())?;
-        let mut k = self.k_proj.forward(x.view())?;
-        let v = self.v_proj.forward(x.view())?;
+        let (q, k, v) = self.qkv(x.view(), start_pos)?;
         drop(x);
         let spec = &self.attn;
-        // The fields are public, so a caller may have installed projections of other widths.
-        let (qd, kvd) = (
-            spec.num_heads * spec.head_dim,
-            spec.num_kv_heads * spec.head_dim,
-        );
-        if q.ncols() != qd || k.ncols() != kvd || v.ncols() != kvd {
-            return Err(Error::shape(
-                format!("layer {} q/k/v widths", self.index),
-                format!("{qd} / {kvd} / {kvd}"),
-                format!("{} / {} / {}", q.ncols(), k.ncols(), v.ncols()),
-            ));
-        }
-        if let Some(rope) = &spec.rope {
-            let (cos, sin) = rope.tables(start_pos, q.nrows());
-            rope.apply_with(q.view_mut(), &cos, &sin);
-            rope.apply_with(k.view_mut(), &cos, &sin);
-        }
         let ctx = match cache {
             Some(c) => {
                 c.k.extend(k.iter());

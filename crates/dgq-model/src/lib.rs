@@ -10,6 +10,10 @@
 //!   Q5_0, Q5_1, Q8_0, Q2_K–Q6_K), with llama.cpp's Q/K permutation undone.
 //! - [`Tokenizer`]: `tokenizer.json` or the GGUF-embedded byte-level BPE.
 //! - [`perplexity()`]: windowed perplexity with a progress callback.
+//! - [`quantize_model`]: layer-wise ("true sequential") calibration and quantization of a whole
+//!   model (FP, W8A8, RTN, SmoothQuant, DGQ dynamic/static, FineQuant) into a packed file;
+//!   [`apply_packed`] loads one back as [`QuantLinear`] ops (fake-quant or integer execution);
+//!   [`sample_windows`] draws seeded calibration windows.
 //!
 //! ## Hooks for calibration and quantization
 //! Every projection is a [`Linear`] ([`FloatLinear`] weights, or any [`LinearOp`] swapped in with
@@ -34,6 +38,7 @@
 //!
 //! Weights are row-major `[N, K]` (out × in) and activations `[M, K]`, as in dgq-core.
 
+pub mod calib;
 pub mod config;
 pub mod error;
 pub mod layer;
@@ -42,10 +47,14 @@ pub mod model;
 pub mod norm;
 mod ops;
 pub mod perplexity;
+pub mod qlinear;
+pub mod quantize;
 pub mod rope;
+mod search;
 pub mod tokenizer;
 mod weights;
 
+pub use calib::{sample_windows, CalibConfig};
 pub use config::{Family, ModelConfig};
 pub use error::{Error, Result};
 pub use layer::{AttentionSpec, CaptureHook, DecoderLayer, LayerKvCache, Mlp, NormSlot};
@@ -53,6 +62,10 @@ pub use linear::{FloatLinear, InputSite, Linear, LinearOp, LinearSlot};
 pub use model::{KvCache, LoadInfo, Model, SourceFormat, OPT_POSITION_OFFSET};
 pub use norm::{Norm, NormKind};
 pub use perplexity::{perplexity, CausalLm, PplConfig, PplProgress, PplResult};
+pub use qlinear::{Exec, QWeight, QuantLinear};
+pub use quantize::{
+    apply_packed, quantize_model, Method, QuantizeConfig, QuantizeProgress, QuantizeReport,
+};
 pub use rope::{Rope, RopeScaling};
 pub use tokenizer::Tokenizer;
 pub use weights::GgufFile;

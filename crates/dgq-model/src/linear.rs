@@ -25,6 +25,11 @@ pub trait LinearOp: Send + Sync + Debug {
     fn out_features(&self) -> usize;
     /// Short label of the implementation for logs and reports (e.g. `"f32"`, `"w4a8-dgq"`).
     fn kind(&self) -> &str;
+    /// This layer in the packed-file form (`dgq_core::format`), if it has one (quantized ops do;
+    /// the default is `None`). Lets a pipeline save whatever ops it installed.
+    fn packed(&self) -> Option<dgq_core::format::PackedLayer> {
+        None
+    }
 }
 
 /// A float linear layer: weight `[N, K]` (row-major, out × in, as in Hugging Face checkpoints)

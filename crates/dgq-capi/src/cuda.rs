@@ -75,11 +75,21 @@ pub extern "C" fn dgq_cuda_gemm_config_default() -> dgq_cuda_gemm_config {
     }
 }
 
-#[cfg(not(feature = "cuda"))]
-fn unsupported() -> CResult<()> {
+/// `DGQ_STATUS_UNSUPPORTED` unless this build has working GPU entry points; checked before
+/// any argument, so that such a build answers every `dgq_cuda_*` call the same way.
+fn require_cuda() -> CResult<()> {
+    if dgq_cuda_built() {
+        return Ok(());
+    }
     Err(Failure::new(
         dgq_status::DGQ_STATUS_UNSUPPORTED,
-        "built without CUDA: rebuild dgq-capi with the `cuda` feature for the dgq_cuda_* functions",
+        if cfg!(feature = "cuda") {
+            "built without CUDA kernels: dgq-capi has the `cuda` feature, but dgq-cuda found no \
+             nvcc at build time (run scripts/setup-toolchain.sh, source its env.sh and rebuild)"
+        } else {
+            "built without CUDA: rebuild dgq-capi with the `cuda` feature for the dgq_cuda_* \
+             functions"
+        },
     ))
 }
 
@@ -116,6 +126,7 @@ pub unsafe extern "C" fn dgq_cuda_weight_upload(
         // SAFETY: caller's contract.
         let mut out = unsafe { crate::args::out_ptr("out", out)? };
         out.set(std::ptr::null_mut());
+        require_cuda()?;
         // SAFETY: caller's contract.
         let w = unsafe { crate::args::handle("w", w)? };
         #[cfg(feature = "cuda")]
@@ -128,7 +139,7 @@ pub unsafe extern "C" fn dgq_cuda_weight_upload(
         #[cfg(not(feature = "cuda"))]
         {
             let _ = (w, device, stream);
-            unsupported()
+            require_cuda()
         }
     })
 }
@@ -162,9 +173,11 @@ pub unsafe extern "C" fn dgq_cuda_gemm_workspace_size(
     bytes: *mut usize,
 ) -> dgq_status {
     guard(|| {
+        require_cuda()?;
         // SAFETY: caller's contract.
         let mut bytes = unsafe { crate::args::out_ptr("bytes", bytes)? };
         bytes.set(0);
+        crate::args::nonzero("m", m)?;
         // SAFETY: caller's contract.
         let w = unsafe { crate::args::handle("w", w)? };
         // SAFETY: caller's contract.
@@ -177,7 +190,7 @@ pub unsafe extern "C" fn dgq_cuda_gemm_workspace_size(
         #[cfg(not(feature = "cuda"))]
         {
             let _ = (w, m, cfg);
-            unsupported()
+            require_cuda()
         }
     })
 }
@@ -209,10 +222,12 @@ pub unsafe extern "C" fn dgq_cuda_w4a8_gemm(
     stream: *mut c_void,
 ) -> dgq_status {
     guard(|| {
+        require_cuda()?;
         // SAFETY: caller's contract.
         let w = unsafe { crate::args::handle("w", w)? };
         // SAFETY: caller's contract.
         let cfg = unsafe { read_config(config)? };
+        crate::args::nonzero("m", m)?;
         let y_type = half_type("y_dtype", y_dtype)?;
         let scales = if num_scales == m {
             Scales::PerToken
@@ -241,7 +256,7 @@ pub unsafe extern "C" fn dgq_cuda_w4a8_gemm(
         #[cfg(not(feature = "cuda"))]
         {
             let _ = (w, xq, x_scales, scales, bias, y, y_type, cfg, workspace, workspace_bytes, stream);
-            unsupported()
+            require_cuda()
         }
     })
 }
@@ -264,10 +279,12 @@ pub unsafe extern "C" fn dgq_cuda_w4a8_gemm_i32(
     stream: *mut c_void,
 ) -> dgq_status {
     guard(|| {
+        require_cuda()?;
         // SAFETY: caller's contract.
         let w = unsafe { crate::args::handle("w", w)? };
         // SAFETY: caller's contract.
         let cfg = unsafe { read_config(config)? };
+        crate::args::nonzero("m", m)?;
         #[cfg(feature = "cuda")]
         {
             let g = imp::Gemm {
@@ -286,7 +303,7 @@ pub unsafe extern "C" fn dgq_cuda_w4a8_gemm_i32(
         #[cfg(not(feature = "cuda"))]
         {
             let _ = (w, xq, m, acc, cfg, workspace, workspace_bytes, stream);
-            unsupported()
+            require_cuda()
         }
     })
 }
@@ -312,6 +329,7 @@ pub unsafe extern "C" fn dgq_cuda_quantize_acts_per_token(
     stream: *mut c_void,
 ) -> dgq_status {
     guard(|| {
+        require_cuda()?;
         let x_type = half_type("x_dtype", x_dtype)?;
         let device = device_ordinal(device)?;
         #[cfg(feature = "cuda")]
@@ -332,7 +350,7 @@ pub unsafe extern "C" fn dgq_cuda_quantize_acts_per_token(
         #[cfg(not(feature = "cuda"))]
         {
             let _ = (device, x, x_type, m, k, smooth, q, scales, stream);
-            unsupported()
+            require_cuda()
         }
     })
 }
@@ -356,6 +374,7 @@ pub unsafe extern "C" fn dgq_cuda_quantize_acts_static(
     stream: *mut c_void,
 ) -> dgq_status {
     guard(|| {
+        require_cuda()?;
         let x_type = half_type("x_dtype", x_dtype)?;
         let device = device_ordinal(device)?;
         #[cfg(feature = "cuda")]
@@ -376,7 +395,7 @@ pub unsafe extern "C" fn dgq_cuda_quantize_acts_static(
         #[cfg(not(feature = "cuda"))]
         {
             let _ = (device, x, x_type, m, k, smooth, scale, q, stream);
-            unsupported()
+            require_cuda()
         }
     })
 }
@@ -541,6 +560,8 @@ pub(crate) mod imp {
         stream: *mut c_void,
     ) -> CResult<DeviceWeight> {
         let ordinal = super::device_ordinal(device)?;
+        // Shape support first: it needs no device.
+        dgq_cuda::layout::check_supported(w.w.n(), w.w.k(), w.w.group_size).map_err(failure)?;
         let ctx = raw::device_context(ordinal).map_err(failure)?;
         // SAFETY: forwarded from the caller.
         let p = unsafe { raw::prepare_raw(&ctx, stream.cast(), &w.w) }.map_err(failure)?;

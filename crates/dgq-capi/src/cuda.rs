@@ -10,8 +10,17 @@
 //! library: they are implied by the dimensions passed, as documented per function.
 //!
 //! Availability: these functions exist in every build so that the ABI does not depend on build
-//! options. In a build without CUDA support they return `DGQ_STATUS_UNSUPPORTED` with a message
-//! saying so; `dgq_cuda_built()` tells which build this is.
+//! options. In a build without CUDA support (no `cuda` feature, or dgq-cuda built without nvcc)
+//! they return `DGQ_STATUS_UNSUPPORTED` before looking at their arguments; `dgq_cuda_built()`
+//! tells which build this is. The kernels run on compute capability 9.0 (H100/H200); other
+//! devices give `DGQ_STATUS_UNSUPPORTED`, a missing driver or device `DGQ_STATUS_CUDA`.
+//!
+//! Contexts: the library uses each device's primary context (the one the CUDA runtime uses),
+//! retained on first use for the life of the process. Each call makes it current for its
+//! duration and restores the calling thread's previous context before returning.
+//!
+//! Everything here forwards to `dgq_cuda::raw`, which runs the same checks as dgq-cuda's safe
+//! API and launches the same kernels.
 
 use std::ffi::c_void;
 
@@ -251,11 +260,30 @@ pub unsafe extern "C" fn dgq_cuda_w4a8_gemm(
                 stream,
             };
             // SAFETY: caller's contract on the device buffers and the stream.
-            unsafe { imp::gemm(&w.inner, &g, Some((scales, x_scales as u64, bias as u64, y_type)), &cfg) }
+            unsafe {
+                imp::gemm(
+                    &w.inner,
+                    &g,
+                    Some((scales, x_scales as u64, bias as u64, y_type)),
+                    &cfg,
+                )
+            }
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = (w, xq, x_scales, scales, bias, y, y_type, cfg, workspace, workspace_bytes, stream);
+            let _ = (
+                w,
+                xq,
+                x_scales,
+                scales,
+                bias,
+                y,
+                y_type,
+                cfg,
+                workspace,
+                workspace_bytes,
+                stream,
+            );
             require_cuda()
         }
     })
@@ -433,8 +461,7 @@ fn half_type(what: &str, v: i32) -> CResult<HalfType> {
 }
 
 fn device_ordinal(device: i32) -> CResult<usize> {
-    usize::try_from(device)
-        .map_err(|_| Failure::invalid(format!("device = {device} must be >= 0")))
+    usize::try_from(device).map_err(|_| Failure::invalid(format!("device = {device} must be >= 0")))
 }
 
 /// The GEMM configuration in checked form.
@@ -518,7 +545,9 @@ pub(crate) mod imp {
             | Error::Unsupported { .. } => DGQ_STATUS_UNSUPPORTED,
             Error::Shape { .. } => DGQ_STATUS_SHAPE_MISMATCH,
             Error::Misaligned { .. } | Error::WrongDevice { .. } => DGQ_STATUS_INVALID_ARGUMENT,
-            Error::InvalidArgument { what: "split_k", .. } => DGQ_STATUS_INVALID_CONFIG,
+            Error::InvalidArgument {
+                what: "split_k", ..
+            } => DGQ_STATUS_INVALID_CONFIG,
             Error::InvalidArgument { .. } => DGQ_STATUS_INVALID_ARGUMENT,
             Error::Layout(_) => DGQ_STATUS_INVALID_DATA,
             Error::Core(_) => {
@@ -612,9 +641,16 @@ pub(crate) mod imp {
                     g.ws,
                     &cfg,
                 ),
-                None => {
-                    raw::w4a8_gemm_i32_raw(&w.ctx, g.stream.cast(), pw, g.xq, g.m, g.out, g.ws, &cfg)
-                }
+                None => raw::w4a8_gemm_i32_raw(
+                    &w.ctx,
+                    g.stream.cast(),
+                    pw,
+                    g.xq,
+                    g.m,
+                    g.out,
+                    g.ws,
+                    &cfg,
+                ),
             }
         };
         r.map_err(failure)

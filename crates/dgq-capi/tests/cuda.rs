@@ -597,7 +597,16 @@ fn bad_input_gets_the_right_status_and_launches_nothing() {
     // SAFETY: NULL handle / NULL out-pointer are rejected.
     unsafe {
         fails(
-            dgq_cuda_w4a8_gemm_i32(null(), xp as *const i8, m, op as *mut i32, &def, null_mut(), 0, st),
+            dgq_cuda_w4a8_gemm_i32(
+                null(),
+                xp as *const i8,
+                m,
+                op as *mut i32,
+                &def,
+                null_mut(),
+                0,
+                st,
+            ),
             DGQ_STATUS_INVALID_ARGUMENT,
             "w",
         );
@@ -619,7 +628,11 @@ fn bad_input_gets_the_right_status_and_launches_nothing() {
         );
     }
     s.synchronize().unwrap();
-    assert_eq!(s.clone_dtoh(&out).unwrap(), sentinel, "a rejected call wrote");
+    assert_eq!(
+        s.clone_dtoh(&out).unwrap(),
+        sentinel,
+        "a rejected call wrote"
+    );
 
     // Activation quantization.
     let xh = s.clone_htod(&vec![0u16; 2 * m * (k + 16)]).unwrap();
@@ -810,11 +823,30 @@ fn statuses_without_a_device() {
             want_null
         );
         assert_eq!(
-            dgq_cuda_w4a8_gemm_i32(null(), null(), 1, null_mut(), null(), null_mut(), 0, null_mut()),
+            dgq_cuda_w4a8_gemm_i32(
+                null(),
+                null(),
+                1,
+                null_mut(),
+                null(),
+                null_mut(),
+                0,
+                null_mut()
+            ),
             want_null
         );
         assert_eq!(
-            dgq_cuda_quantize_acts_per_token(0, null(), 0, 1, 8, null(), null_mut(), null_mut(), null_mut()),
+            dgq_cuda_quantize_acts_per_token(
+                0,
+                null(),
+                0,
+                1,
+                8,
+                null(),
+                null_mut(),
+                null_mut(),
+                null_mut()
+            ),
             want_null
         );
         assert_eq!(

@@ -15,6 +15,9 @@
 //!   split-K decode kernel (M ≤ 64), `wgmma` m64n128k32 with the weights as the register
 //!   operand in the prefill kernel.
 //!
+//! - [`raw`]: the same operations on raw device addresses and a caller's `CUstream` (for the C
+//!   ABI), with the same checks, plus a workspace-size query and caller-provided workspace.
+//!
 //! Every launch is enqueued on the caller's stream; nothing synchronises and nothing allocates
 //! in the hot path (the split-K scratch is an explicit [`GemmWorkspace`]).
 //!
@@ -437,7 +440,11 @@ pub(crate) fn gemm_checked(
     check_align(
         "out",
         ops.out,
-        if ops.out_kind == ffi::OutKind::I32 { 4 } else { 2 },
+        if ops.out_kind == ffi::OutKind::I32 {
+            4
+        } else {
+            2
+        },
     )?;
     if let Some((p, _, _)) = ops.sx {
         check_align("activation scales", p, 4)?;

@@ -24,8 +24,8 @@ use dgq_core::DualGrainedWeight;
 
 use crate::error::{Error, Result};
 use crate::{
-    ffi, gemm_checked, layout, open_device, quant_checked, GemmConfig, GemmOperands,
-    KernelChoice, PreparedDgqWeight, QuantOperands, BUILT_WITH_CUDA,
+    ffi, gemm_checked, layout, open_device, quant_checked, GemmConfig, GemmOperands, KernelChoice,
+    PreparedDgqWeight, QuantOperands, BUILT_WITH_CUDA,
 };
 
 /// A CUDA stream handle (`CUstream`, interchangeable with the runtime's `cudaStream_t`); null
@@ -483,7 +483,10 @@ mod tests {
 
     #[test]
     fn workspace_layout_keeps_counters_in_front() {
-        assert_eq!(workspace_parts(RawWorkspace::default()).unwrap(), (0, 0, 0, 0));
+        assert_eq!(
+            workspace_parts(RawWorkspace::default()).unwrap(),
+            (0, 0, 0, 0)
+        );
         assert!(matches!(
             workspace_parts(RawWorkspace { ptr: 0, bytes: 64 }),
             Err(Error::InvalidArgument { .. })

@@ -481,8 +481,9 @@ enum dgq_status dgq_cuda_weight_upload(const struct dgq_weight *w,
                                        struct dgq_cuda_weight **out);
 
 /**
- * Frees a device weight (its device memory is released after the work already enqueued on the
- * upload stream); NULL is a no-op.
+ * Frees a device weight; NULL is a no-op. Its device memory is released in the order of the
+ * device's legacy default stream (which waits for work on blocking streams, not on
+ * non-blocking ones): synchronise every stream that used the weight first.
  *
  * # Safety
  * `w` must be NULL or a device weight not freed before, with no work using it still pending.
@@ -490,10 +491,12 @@ enum dgq_status dgq_cuda_weight_upload(const struct dgq_weight *w,
 void dgq_cuda_weight_free(struct dgq_cuda_weight *w);
 
 /**
- * Bytes of device workspace `dgq_cuda_w4a8_gemm` needs for `m` tokens with this weight and
- * `config` (NULL: default), 0 when the chosen kernel needs none. The workspace must be zeroed
- * once before first use (every GEMM leaves it zeroed again); it may be reused by later calls
- * on the same stream but must not be used by two streams at once.
+ * Bytes of device workspace with which `dgq_cuda_w4a8_gemm` runs `m` tokens with this weight
+ * and `config` (NULL: default) at its preferred split-K factor; 0 when that kernel does not
+ * split K. A smaller workspace (or none) also works, with a smaller split. The workspace must
+ * be 4-byte aligned and zeroed once before first use (every GEMM leaves it zeroed again); one
+ * workspace, sized for the largest query, may serve every weight and every `m` on one stream,
+ * but must not be used by two streams at once. Checks `m` and `config` as the GEMM does.
  *
  * # Safety
  * `w` must be a live device weight, `config` NULL or readable, `bytes` writable.
@@ -508,9 +511,9 @@ enum dgq_status dgq_cuda_gemm_workspace_size(const struct dgq_cuda_weight *w,
  *
  * Device buffers: `xq` int8 `[m, K]` row-major, 16-byte aligned; `x_scales` f32 `[m]` (per
  * token, `num_scales == m`) or `[1]` (per tensor, `num_scales == 1`); `bias` f32 `[N]` or NULL;
- * `y` `[m, N]` of `y_dtype` (a `dgq_dtype`); `workspace` of `workspace_bytes` (at least
- * `dgq_cuda_gemm_workspace_size` for the same `config`; may be NULL when that is 0).
- * `config` NULL means `dgq_cuda_gemm_config_default()`.
+ * `y` `[m, N]` of `y_dtype` (a `dgq_dtype`); `workspace` of `workspace_bytes` (see
+ * `dgq_cuda_gemm_workspace_size`; NULL with 0 bytes for none). Scales and bias must be 4-byte
+ * aligned, `y` 2-byte aligned. `config` NULL means `dgq_cuda_gemm_config_default()`.
  *
  * # Safety
  * Device pointers must be valid for the sizes above on the weight's device; `stream` NULL or a
@@ -548,10 +551,10 @@ enum dgq_status dgq_cuda_w4a8_gemm_i32(const struct dgq_cuda_weight *w,
 
 /**
  * Enqueues dynamic per-token INT8 quantization of `x` `[m, k]` (`x_dtype`, a `dgq_dtype`,
- * 16-byte aligned) on device `device`: `scales[i] = max|x_i| / 127` (f32 `[m]`) and
- * `q = clamp(round_half_even(x / scale), −127, 127)` (int8 `[m, k]`), bit-identical to
- * `dgq_quantize_acts_per_token`. With `smooth` (f32 `[k]`, or NULL) each row is divided by it
- * first.
+ * 16-byte aligned; `k % 8 == 0`) on device `device`: `scales[i] = max|x_i| / 127` (f32 `[m]`,
+ * 4-byte aligned) and `q = clamp(round_half_even(x / scale), −127, 127)` (int8 `[m, k]`,
+ * 8-byte aligned), bit-identical to `dgq_quantize_acts_per_token`. With `smooth` (f32 `[k]`,
+ * 16-byte aligned, or NULL) each row is divided by it first.
  *
  * # Safety
  * Device pointers valid for the sizes above on `device`; `stream` NULL or a valid stream of it.
@@ -567,7 +570,7 @@ enum dgq_status dgq_cuda_quantize_acts_per_token(int32_t device,
                                                  void *stream);
 
 /**
- * Enqueues static per-tensor INT8 quantization with a calibrated `scale` (finite, > 0):
+ * Enqueues static per-tensor INT8 quantization with a calibrated `scale` (finite, ≥ 2⁻¹¹⁰):
  * `q = clamp(round_half_even(x / scale), −127, 127)`, int8 `[m, k]`; `smooth` as for
  * `dgq_cuda_quantize_acts_per_token`.
  *

@@ -10,8 +10,17 @@
 //! library: they are implied by the dimensions passed, as documented per function.
 //!
 //! Availability: these functions exist in every build so that the ABI does not depend on build
-//! options. In a build without CUDA support they return `DGQ_STATUS_UNSUPPORTED` with a message
-//! saying so; `dgq_cuda_built()` tells which build this is.
+//! options. In a build without CUDA support (no `cuda` feature, or dgq-cuda built without nvcc)
+//! they return `DGQ_STATUS_UNSUPPORTED` before looking at their arguments; `dgq_cuda_built()`
+//! tells which build this is. The kernels run on compute capability 9.0 (H100/H200); other
+//! devices give `DGQ_STATUS_UNSUPPORTED`, a missing driver or device `DGQ_STATUS_CUDA`.
+//!
+//! Contexts: the library uses each device's primary context (the one the CUDA runtime uses),
+//! retained on first use for the life of the process. Each call makes it current for its
+//! duration and restores the calling thread's previous context before returning.
+//!
+//! Everything here forwards to `dgq_cuda::raw`, which runs the same checks as dgq-cuda's safe
+//! API and launches the same kernels.
 
 use std::ffi::c_void;
 
@@ -21,6 +30,9 @@ use crate::weight::dgq_weight;
 /// A DGQ weight in the kernels' layout on one CUDA device (opaque). Created by
 /// `dgq_cuda_weight_upload`, freed by `dgq_cuda_weight_free`.
 pub struct dgq_cuda_weight {
+    #[cfg(feature = "cuda")]
+    pub(crate) inner: imp::DeviceWeight,
+    #[cfg(not(feature = "cuda"))]
     _private: (),
 }
 
@@ -72,14 +84,20 @@ pub extern "C" fn dgq_cuda_gemm_config_default() -> dgq_cuda_gemm_config {
     }
 }
 
-fn unsupported() -> CResult<()> {
+/// `DGQ_STATUS_UNSUPPORTED` unless this build has working GPU entry points; checked before
+/// any argument, so that such a build answers every `dgq_cuda_*` call the same way.
+fn require_cuda() -> CResult<()> {
+    if dgq_cuda_built() {
+        return Ok(());
+    }
     Err(Failure::new(
         dgq_status::DGQ_STATUS_UNSUPPORTED,
         if cfg!(feature = "cuda") {
-            "CUDA support not available yet: dgq-capi was built with the `cuda` feature, but the \
-             dgq_cuda_* entry points are not wired to dgq-cuda in this version"
+            "built without CUDA kernels: dgq-capi has the `cuda` feature, but dgq-cuda found no \
+             nvcc at build time (run scripts/setup-toolchain.sh, source its env.sh and rebuild)"
         } else {
-            "built without CUDA: rebuild dgq-capi with the `cuda` feature for the dgq_cuda_* functions"
+            "built without CUDA: rebuild dgq-capi with the `cuda` feature for the dgq_cuda_* \
+             functions"
         },
     ))
 }
@@ -89,7 +107,14 @@ fn unsupported() -> CResult<()> {
 /// CUDA driver and a supported GPU at run time.
 #[no_mangle]
 pub extern "C" fn dgq_cuda_built() -> bool {
-    false
+    #[cfg(feature = "cuda")]
+    {
+        dgq_cuda::BUILT_WITH_CUDA
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
 }
 
 /// Validates `w`, reorders it into the kernels' layout and uploads it to device `device` on
@@ -106,18 +131,31 @@ pub unsafe extern "C" fn dgq_cuda_weight_upload(
     stream: *mut c_void,
     out: *mut *mut dgq_cuda_weight,
 ) -> dgq_status {
-    let _ = (w, device, stream);
     guard(|| {
-        if !out.is_null() && (out as usize) % std::mem::align_of::<*mut dgq_cuda_weight>() == 0 {
-            // SAFETY: non-null, aligned; caller's contract.
-            unsafe { out.write(std::ptr::null_mut()) };
+        // SAFETY: caller's contract.
+        let mut out = unsafe { crate::args::out_ptr("out", out)? };
+        out.set(std::ptr::null_mut());
+        require_cuda()?;
+        // SAFETY: caller's contract.
+        let w = unsafe { crate::args::handle("w", w)? };
+        #[cfg(feature = "cuda")]
+        {
+            // SAFETY: caller's contract on `stream`.
+            let dw = unsafe { imp::upload(w, device, stream)? };
+            out.set(crate::args::into_handle(dgq_cuda_weight { inner: dw }));
+            Ok(())
         }
-        unsupported()
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (w, device, stream);
+            require_cuda()
+        }
     })
 }
 
-/// Frees a device weight (its device memory is released after the work already enqueued on the
-/// upload stream); NULL is a no-op.
+/// Frees a device weight; NULL is a no-op. Its device memory is released in the order of the
+/// device's legacy default stream (which waits for work on blocking streams, not on
+/// non-blocking ones): synchronise every stream that used the weight first.
 ///
 /// # Safety
 /// `w` must be NULL or a device weight not freed before, with no work using it still pending.
@@ -127,10 +165,12 @@ pub unsafe extern "C" fn dgq_cuda_weight_free(w: *mut dgq_cuda_weight) {
     crate::status::guard_value((), || unsafe { crate::args::free_handle(w) })
 }
 
-/// Bytes of device workspace `dgq_cuda_w4a8_gemm` needs for `m` tokens with this weight and
-/// `config` (NULL: default), 0 when the chosen kernel needs none. The workspace must be zeroed
-/// once before first use (every GEMM leaves it zeroed again); it may be reused by later calls
-/// on the same stream but must not be used by two streams at once.
+/// Bytes of device workspace with which `dgq_cuda_w4a8_gemm` runs `m` tokens with this weight
+/// and `config` (NULL: default) at its preferred split-K factor; 0 when that kernel does not
+/// split K. A smaller workspace (or none) also works, with a smaller split. The workspace must
+/// be 4-byte aligned and zeroed once before first use (every GEMM leaves it zeroed again); one
+/// workspace, sized for the largest query, may serve every weight and every `m` on one stream,
+/// but must not be used by two streams at once. Checks `m` and `config` as the GEMM does.
 ///
 /// # Safety
 /// `w` must be a live device weight, `config` NULL or readable, `bytes` writable.
@@ -141,17 +181,36 @@ pub unsafe extern "C" fn dgq_cuda_gemm_workspace_size(
     config: *const dgq_cuda_gemm_config,
     bytes: *mut usize,
 ) -> dgq_status {
-    let _ = (w, m, config, bytes);
-    guard(unsupported)
+    guard(|| {
+        require_cuda()?;
+        // SAFETY: caller's contract.
+        let mut bytes = unsafe { crate::args::out_ptr("bytes", bytes)? };
+        bytes.set(0);
+        crate::args::nonzero("m", m)?;
+        // SAFETY: caller's contract.
+        let w = unsafe { crate::args::handle("w", w)? };
+        // SAFETY: caller's contract.
+        let cfg = unsafe { read_config(config)? };
+        #[cfg(feature = "cuda")]
+        {
+            bytes.set(imp::workspace_bytes(&w.inner, m, &cfg)?);
+            Ok(())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (w, m, cfg);
+            require_cuda()
+        }
+    })
 }
 
 /// Enqueues `y[m, N] = (x_scales[m or 0] · s1[n]) · (xq · W_s8ᵀ)[m, n] (+ bias[n])` on `stream`.
 ///
 /// Device buffers: `xq` int8 `[m, K]` row-major, 16-byte aligned; `x_scales` f32 `[m]` (per
 /// token, `num_scales == m`) or `[1]` (per tensor, `num_scales == 1`); `bias` f32 `[N]` or NULL;
-/// `y` `[m, N]` of `y_dtype` (a `dgq_dtype`); `workspace` of `workspace_bytes` (at least
-/// `dgq_cuda_gemm_workspace_size` for the same `config`; may be NULL when that is 0).
-/// `config` NULL means `dgq_cuda_gemm_config_default()`.
+/// `y` `[m, N]` of `y_dtype` (a `dgq_dtype`); `workspace` of `workspace_bytes` (see
+/// `dgq_cuda_gemm_workspace_size`; NULL with 0 bytes for none). Scales and bias must be 4-byte
+/// aligned, `y` 2-byte aligned. `config` NULL means `dgq_cuda_gemm_config_default()`.
 ///
 /// # Safety
 /// Device pointers must be valid for the sizes above on the weight's device; `stream` NULL or a
@@ -171,21 +230,63 @@ pub unsafe extern "C" fn dgq_cuda_w4a8_gemm(
     workspace_bytes: usize,
     stream: *mut c_void,
 ) -> dgq_status {
-    let _ = (
-        w,
-        xq,
-        m,
-        x_scales,
-        num_scales,
-        bias,
-        y,
-        y_dtype,
-        config,
-        workspace,
-        workspace_bytes,
-        stream,
-    );
-    guard(unsupported)
+    guard(|| {
+        require_cuda()?;
+        // SAFETY: caller's contract.
+        let w = unsafe { crate::args::handle("w", w)? };
+        // SAFETY: caller's contract.
+        let cfg = unsafe { read_config(config)? };
+        crate::args::nonzero("m", m)?;
+        let y_type = half_type("y_dtype", y_dtype)?;
+        let scales = if num_scales == m {
+            Scales::PerToken
+        } else if num_scales == 1 {
+            Scales::PerTensor
+        } else {
+            return Err(Failure::shape(format!(
+                "num_scales = {num_scales}: must be m = {m} (per token) or 1 (per tensor)"
+            )));
+        };
+        #[cfg(feature = "cuda")]
+        {
+            let g = imp::Gemm {
+                xq: xq as u64,
+                m,
+                out: y as u64,
+                ws: dgq_cuda::raw::RawWorkspace {
+                    ptr: workspace as u64,
+                    bytes: workspace_bytes,
+                },
+                stream,
+            };
+            // SAFETY: caller's contract on the device buffers and the stream.
+            unsafe {
+                imp::gemm(
+                    &w.inner,
+                    &g,
+                    Some((scales, x_scales as u64, bias as u64, y_type)),
+                    &cfg,
+                )
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (
+                w,
+                xq,
+                x_scales,
+                scales,
+                bias,
+                y,
+                y_type,
+                cfg,
+                workspace,
+                workspace_bytes,
+                stream,
+            );
+            require_cuda()
+        }
+    })
 }
 
 /// Enqueues the exact INT32 accumulators `acc[m, N] = xq · W_s8ᵀ` (no epilogue) on `stream`.
@@ -205,15 +306,41 @@ pub unsafe extern "C" fn dgq_cuda_w4a8_gemm_i32(
     workspace_bytes: usize,
     stream: *mut c_void,
 ) -> dgq_status {
-    let _ = (w, xq, m, acc, config, workspace, workspace_bytes, stream);
-    guard(unsupported)
+    guard(|| {
+        require_cuda()?;
+        // SAFETY: caller's contract.
+        let w = unsafe { crate::args::handle("w", w)? };
+        // SAFETY: caller's contract.
+        let cfg = unsafe { read_config(config)? };
+        crate::args::nonzero("m", m)?;
+        #[cfg(feature = "cuda")]
+        {
+            let g = imp::Gemm {
+                xq: xq as u64,
+                m,
+                out: acc as u64,
+                ws: dgq_cuda::raw::RawWorkspace {
+                    ptr: workspace as u64,
+                    bytes: workspace_bytes,
+                },
+                stream,
+            };
+            // SAFETY: caller's contract on the device buffers and the stream.
+            unsafe { imp::gemm(&w.inner, &g, None, &cfg) }
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (w, xq, m, acc, cfg, workspace, workspace_bytes, stream);
+            require_cuda()
+        }
+    })
 }
 
 /// Enqueues dynamic per-token INT8 quantization of `x` `[m, k]` (`x_dtype`, a `dgq_dtype`,
-/// 16-byte aligned) on device `device`: `scales[i] = max|x_i| / 127` (f32 `[m]`) and
-/// `q = clamp(round_half_even(x / scale), −127, 127)` (int8 `[m, k]`), bit-identical to
-/// `dgq_quantize_acts_per_token`. With `smooth` (f32 `[k]`, or NULL) each row is divided by it
-/// first.
+/// 16-byte aligned; `k % 8 == 0`) on device `device`: `scales[i] = max|x_i| / 127` (f32 `[m]`,
+/// 4-byte aligned) and `q = clamp(round_half_even(x / scale), −127, 127)` (int8 `[m, k]`,
+/// 8-byte aligned), bit-identical to `dgq_quantize_acts_per_token`. With `smooth` (f32 `[k]`,
+/// 16-byte aligned, or NULL) each row is divided by it first.
 ///
 /// # Safety
 /// Device pointers valid for the sizes above on `device`; `stream` NULL or a valid stream of it.
@@ -229,11 +356,34 @@ pub unsafe extern "C" fn dgq_cuda_quantize_acts_per_token(
     scales: *mut f32,
     stream: *mut c_void,
 ) -> dgq_status {
-    let _ = (device, x, x_dtype, m, k, smooth, q, scales, stream);
-    guard(unsupported)
+    guard(|| {
+        require_cuda()?;
+        let x_type = half_type("x_dtype", x_dtype)?;
+        let device = device_ordinal(device)?;
+        #[cfg(feature = "cuda")]
+        {
+            let a = imp::Acts {
+                device,
+                x: x as u64,
+                x_type,
+                m,
+                k,
+                smooth: smooth as u64,
+                q: q as u64,
+                stream,
+            };
+            // SAFETY: caller's contract on the device buffers and the stream.
+            unsafe { imp::quantize(&a, Quant::PerToken(scales as u64)) }
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (device, x, x_type, m, k, smooth, q, scales, stream);
+            require_cuda()
+        }
+    })
 }
 
-/// Enqueues static per-tensor INT8 quantization with a calibrated `scale` (finite, > 0):
+/// Enqueues static per-tensor INT8 quantization with a calibrated `scale` (finite, ≥ 2⁻¹¹⁰):
 /// `q = clamp(round_half_even(x / scale), −127, 127)`, int8 `[m, k]`; `smooth` as for
 /// `dgq_cuda_quantize_acts_per_token`.
 ///
@@ -251,6 +401,315 @@ pub unsafe extern "C" fn dgq_cuda_quantize_acts_static(
     q: *mut i8,
     stream: *mut c_void,
 ) -> dgq_status {
-    let _ = (device, x, x_dtype, m, k, smooth, scale, q, stream);
-    guard(unsupported)
+    guard(|| {
+        require_cuda()?;
+        let x_type = half_type("x_dtype", x_dtype)?;
+        let device = device_ordinal(device)?;
+        #[cfg(feature = "cuda")]
+        {
+            let a = imp::Acts {
+                device,
+                x: x as u64,
+                x_type,
+                m,
+                k,
+                smooth: smooth as u64,
+                q: q as u64,
+                stream,
+            };
+            // SAFETY: caller's contract on the device buffers and the stream.
+            unsafe { imp::quantize(&a, Quant::Static(scale)) }
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (device, x, x_type, m, k, smooth, scale, q, stream);
+            require_cuda()
+        }
+    })
+}
+
+/// Which activation scales a GEMM call reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scales {
+    PerToken,
+    PerTensor,
+}
+
+/// Which activation quantization to run.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Quant {
+    /// Dynamic, writing `[m]` scales to this device address.
+    PerToken(u64),
+    /// Static with this scale.
+    Static(f32),
+}
+
+/// 16-bit float types of the C API, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HalfType {
+    F16,
+    Bf16,
+}
+
+fn half_type(what: &str, v: i32) -> CResult<HalfType> {
+    match v {
+        0 => Ok(HalfType::F16),
+        1 => Ok(HalfType::Bf16),
+        v => Err(Failure::invalid(format!("{what} = {v} is not a dgq_dtype"))),
+    }
+}
+
+fn device_ordinal(device: i32) -> CResult<usize> {
+    usize::try_from(device).map_err(|_| Failure::invalid(format!("device = {device} must be >= 0")))
+}
+
+/// The GEMM configuration in checked form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Config {
+    kernel: dgq_cuda_kernel,
+    split_k: u32,
+}
+
+/// Reads an optional `dgq_cuda_gemm_config` (NULL: the default), rejecting unknown kernels.
+///
+/// # Safety
+/// `config` must be NULL or readable.
+unsafe fn read_config(config: *const dgq_cuda_gemm_config) -> CResult<Config> {
+    let c = if config.is_null() {
+        dgq_cuda_gemm_config_default()
+    } else {
+        // SAFETY: caller's contract.
+        *unsafe { crate::args::handle("config", config)? }
+    };
+    use dgq_cuda_kernel::*;
+    let kernel = match c.kernel {
+        0 => DGQ_CUDA_KERNEL_AUTO,
+        1 => DGQ_CUDA_KERNEL_DECODE,
+        2 => DGQ_CUDA_KERNEL_PREFILL,
+        3 => DGQ_CUDA_KERNEL_PREFILL_MMA,
+        v => {
+            return Err(Failure::invalid(format!(
+                "config.kernel = {v} is not a dgq_cuda_kernel"
+            )))
+        }
+    };
+    Ok(Config {
+        kernel,
+        split_k: c.split_k,
+    })
+}
+
+/// The dgq-cuda side: raw-pointer calls on cached device contexts.
+#[cfg(feature = "cuda")]
+pub(crate) mod imp {
+    use std::ffi::c_void;
+    use std::sync::Arc;
+
+    use dgq_cuda::cudarc::driver::CudaContext;
+    use dgq_cuda::raw::{self, RawScales, RawWorkspace};
+    use dgq_cuda::{Error, GemmConfig, KernelChoice, PreparedDgqWeight};
+
+    use super::{dgq_cuda_kernel, Config, HalfType, Quant, Scales};
+    use crate::status::{dgq_status::*, CResult, Failure};
+    use crate::weight::dgq_weight;
+
+    /// A weight on the device together with its device's context.
+    pub(crate) struct DeviceWeight {
+        ctx: Arc<CudaContext>,
+        // `Option` so that `Drop` can hand the buffers to `raw::drop_prepared`.
+        w: Option<PreparedDgqWeight>,
+    }
+
+    impl DeviceWeight {
+        fn get(&self) -> CResult<&PreparedDgqWeight> {
+            self.w
+                .as_ref()
+                .ok_or_else(|| Failure::new(DGQ_STATUS_INTERNAL, "device weight already released"))
+        }
+    }
+
+    impl Drop for DeviceWeight {
+        fn drop(&mut self) {
+            if let Some(w) = self.w.take() {
+                raw::drop_prepared(&self.ctx, w);
+            }
+        }
+    }
+
+    /// dgq-cuda's errors as C statuses.
+    pub(crate) fn failure(e: Error) -> Failure {
+        let status = match &e {
+            Error::NotBuiltWithCuda
+            | Error::UnsupportedDevice { .. }
+            | Error::Unsupported { .. } => DGQ_STATUS_UNSUPPORTED,
+            Error::Shape { .. } => DGQ_STATUS_SHAPE_MISMATCH,
+            Error::Misaligned { .. } | Error::WrongDevice { .. } => DGQ_STATUS_INVALID_ARGUMENT,
+            Error::InvalidArgument {
+                what: "split_k", ..
+            } => DGQ_STATUS_INVALID_CONFIG,
+            Error::InvalidArgument { .. } => DGQ_STATUS_INVALID_ARGUMENT,
+            Error::Layout(_) => DGQ_STATUS_INVALID_DATA,
+            Error::Core(_) => {
+                return match e {
+                    Error::Core(c) => Failure::from(c),
+                    other => Failure::new(DGQ_STATUS_INTERNAL, other.to_string()),
+                }
+            }
+            // NoDevice, Driver, Launch and variants added later: a CUDA-side failure.
+            _ => DGQ_STATUS_CUDA,
+        };
+        Failure::new(status, e.to_string())
+    }
+
+    fn config(c: &Config) -> GemmConfig {
+        GemmConfig {
+            kernel: match c.kernel {
+                dgq_cuda_kernel::DGQ_CUDA_KERNEL_AUTO => KernelChoice::Auto,
+                dgq_cuda_kernel::DGQ_CUDA_KERNEL_DECODE => KernelChoice::Decode,
+                dgq_cuda_kernel::DGQ_CUDA_KERNEL_PREFILL => KernelChoice::Prefill,
+                dgq_cuda_kernel::DGQ_CUDA_KERNEL_PREFILL_MMA => KernelChoice::PrefillMma,
+            },
+            split_k: (c.split_k != 0).then_some(c.split_k),
+        }
+    }
+
+    fn half(t: HalfType) -> raw::HalfType {
+        match t {
+            HalfType::F16 => raw::HalfType::F16,
+            HalfType::Bf16 => raw::HalfType::Bf16,
+        }
+    }
+
+    /// # Safety
+    /// `stream` null or a live stream of `device`.
+    pub(crate) unsafe fn upload(
+        w: &dgq_weight,
+        device: i32,
+        stream: *mut c_void,
+    ) -> CResult<DeviceWeight> {
+        let ordinal = super::device_ordinal(device)?;
+        // Shape support first: it needs no device.
+        dgq_cuda::layout::check_supported(w.w.n(), w.w.k(), w.w.group_size).map_err(failure)?;
+        let ctx = raw::device_context(ordinal).map_err(failure)?;
+        // SAFETY: forwarded from the caller.
+        let p = unsafe { raw::prepare_raw(&ctx, stream.cast(), &w.w) }.map_err(failure)?;
+        Ok(DeviceWeight { ctx, w: Some(p) })
+    }
+
+    pub(crate) fn workspace_bytes(w: &DeviceWeight, m: usize, c: &Config) -> CResult<usize> {
+        raw::gemm_workspace_bytes(w.get()?, m, &config(c)).map_err(failure)
+    }
+
+    /// Device operands of a GEMM call.
+    pub(crate) struct Gemm {
+        pub xq: u64,
+        pub m: usize,
+        pub out: u64,
+        pub ws: RawWorkspace,
+        pub stream: *mut c_void,
+    }
+
+    /// `epilogue`: `(scales kind, scales address, bias address, output type)`, or `None` for
+    /// the INT32 accumulators.
+    ///
+    /// # Safety
+    /// Device addresses and the stream as documented on the C functions.
+    pub(crate) unsafe fn gemm(
+        w: &DeviceWeight,
+        g: &Gemm,
+        epilogue: Option<(Scales, u64, u64, HalfType)>,
+        c: &Config,
+    ) -> CResult<()> {
+        let (pw, cfg) = (w.get()?, config(c));
+        // SAFETY: forwarded from the caller.
+        let r = unsafe {
+            match epilogue {
+                Some((kind, sx, bias, t)) => raw::w4a8_gemm_raw(
+                    &w.ctx,
+                    g.stream.cast(),
+                    pw,
+                    g.xq,
+                    g.m,
+                    match kind {
+                        Scales::PerToken => RawScales::PerToken(sx),
+                        Scales::PerTensor => RawScales::PerTensor(sx),
+                    },
+                    bias,
+                    g.out,
+                    half(t),
+                    g.ws,
+                    &cfg,
+                ),
+                None => raw::w4a8_gemm_i32_raw(
+                    &w.ctx,
+                    g.stream.cast(),
+                    pw,
+                    g.xq,
+                    g.m,
+                    g.out,
+                    g.ws,
+                    &cfg,
+                ),
+            }
+        };
+        r.map_err(failure)
+    }
+
+    /// Device operands of an activation quantization call.
+    pub(crate) struct Acts {
+        pub device: usize,
+        pub x: u64,
+        pub x_type: HalfType,
+        pub m: usize,
+        pub k: usize,
+        pub smooth: u64,
+        pub q: u64,
+        pub stream: *mut c_void,
+    }
+
+    /// # Safety
+    /// Device addresses and the stream as documented on the C functions.
+    pub(crate) unsafe fn quantize(a: &Acts, mode: Quant) -> CResult<()> {
+        // Host-side argument checks first, so that they do not depend on a device.
+        if a.x == 0 || a.q == 0 || matches!(mode, Quant::PerToken(0)) {
+            return Err(Failure::invalid(match mode {
+                Quant::PerToken(0) if a.x != 0 && a.q != 0 => "scales is NULL",
+                _ if a.x == 0 => "x is NULL",
+                _ => "q is NULL",
+            }));
+        }
+        if a.m == 0 || a.k == 0 {
+            return Err(Failure::invalid("m and k must be > 0"));
+        }
+        let ctx = raw::device_context(a.device).map_err(failure)?;
+        // SAFETY: forwarded from the caller.
+        let r = unsafe {
+            match mode {
+                Quant::PerToken(scales) => raw::quantize_acts_dynamic_raw(
+                    &ctx,
+                    a.stream.cast(),
+                    a.x,
+                    half(a.x_type),
+                    a.m,
+                    a.k,
+                    a.smooth,
+                    a.q,
+                    scales,
+                ),
+                Quant::Static(scale) => raw::quantize_acts_static_raw(
+                    &ctx,
+                    a.stream.cast(),
+                    a.x,
+                    half(a.x_type),
+                    a.m,
+                    a.k,
+                    a.smooth,
+                    scale,
+                    a.q,
+                ),
+            }
+        };
+        r.map_err(failure)
+    }
 }

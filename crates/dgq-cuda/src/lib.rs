@@ -15,6 +15,9 @@
 //!   split-K decode kernel (M ≤ 64), `wgmma` m64n128k32 with the weights as the register
 //!   operand in the prefill kernel.
 //!
+//! - [`raw`]: the same operations on raw device addresses and a caller's `CUstream` (for the C
+//!   ABI), with the same checks, plus a workspace-size query and caller-provided workspace.
+//!
 //! Every launch is enqueued on the caller's stream; nothing synchronises and nothing allocates
 //! in the hot path (the split-K scratch is an explicit [`GemmWorkspace`]).
 //!
@@ -25,6 +28,7 @@
 pub mod error;
 mod ffi;
 pub mod layout;
+pub mod raw;
 
 use std::sync::Arc;
 
@@ -218,6 +222,34 @@ impl PreparedDgqWeight {
     pub fn group_size(&self) -> usize {
         self.group_size
     }
+    /// Ordinal of the device the weight lives on.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+    /// Streaming multiprocessors of that device (the kernels' heuristics use it).
+    pub fn num_sms(&self) -> i32 {
+        self.num_sms
+    }
+
+    /// Moves ownership of the device buffers to `owner` (no copy): they are freed in its stream
+    /// order when the weight is dropped. Used by the raw API so that a weight uploaded on a
+    /// borrowed stream does not free its memory on that stream, which may be gone by then.
+    pub(crate) fn rehome(self, owner: &Arc<CudaStream>) -> Self {
+        fn move_slice<T>(s: CudaSlice<T>, owner: &Arc<CudaStream>) -> CudaSlice<T> {
+            let len = s.len();
+            let ptr = s.leak();
+            // SAFETY: `ptr` is the live allocation of `len` elements just released by `leak`,
+            // on the same context as `owner`; it is owned by exactly one slice again.
+            unsafe { owner.upgrade_device_ptr(ptr, len) }
+        }
+        PreparedDgqWeight {
+            wq: move_slice(self.wq, owner),
+            meta: move_slice(self.meta, owner),
+            qmin: move_slice(self.qmin, owner),
+            s1: move_slice(self.s1, owner),
+            ..self
+        }
+    }
     /// Bytes the GEMM reads per call (codes, meta, s1); qmin is not read.
     pub fn gemm_bytes(&self) -> usize {
         self.wq.num_bytes() + self.meta.num_bytes() + self.s1.num_bytes()
@@ -352,6 +384,122 @@ pub fn check_gemm_shape(m: usize, n: usize, k: usize, group_size: usize) -> Resu
     Ok(())
 }
 
+/// Device addresses of one GEMM's operands. A length is `None` where the caller holds a raw
+/// pointer whose extent cannot be known (the [`raw`] API: the caller's contract).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GemmOperands {
+    pub x: u64,
+    pub x_len: Option<usize>,
+    /// Activation scales: address, length, per token.
+    pub sx: Option<(u64, Option<usize>, bool)>,
+    pub bias: Option<(u64, Option<usize>)>,
+    pub out: u64,
+    pub out_len: Option<usize>,
+    pub out_kind: ffi::OutKind,
+    /// Split-K scratch: partials address and length, counters address and length (elements).
+    pub ws: (u64, usize, u64, usize),
+}
+
+/// Every check the GEMM makes before launching, then the launch; shared by the safe and the
+/// raw API so that both reject exactly the same inputs.
+pub(crate) fn gemm_checked(
+    stream: &Arc<CudaStream>,
+    m: usize,
+    w: &PreparedDgqWeight,
+    ops: &GemmOperands,
+    cfg: &GemmConfig,
+) -> Result<()> {
+    if !BUILT_WITH_CUDA {
+        return Err(Error::NotBuiltWithCuda);
+    }
+    let (n, k) = (w.n, w.k);
+    check_gemm_shape(m, n, k, w.group_size)?;
+    check_ordinal("weight", stream, w.ordinal)?;
+    if let Some(len) = ops.x_len {
+        check_len("x (M·K int8)", m * k, len)?;
+    }
+    if let Some(len) = ops.out_len {
+        check_len("out (M·N)", m * n, len)?;
+    }
+    if cfg.kernel == KernelChoice::Decode && m > DECODE_MAX_M {
+        return Err(Error::unsupported(
+            "M",
+            format!("the decode kernel takes M ≤ {DECODE_MAX_M}, got {m}"),
+        ));
+    }
+    if let Some((_, Some(len))) = ops.bias {
+        check_len("bias (N)", n, len)?;
+    }
+    match ops.sx {
+        Some((_, Some(len), true)) => check_len("per-token scales (M)", m, len)?,
+        Some((_, Some(len), false)) => check_len("per-tensor scale", 1, len)?,
+        _ => {}
+    }
+    let split_k = check_split_k(k, cfg)?;
+    check_align("x", ops.x, 16)?;
+    check_align(
+        "out",
+        ops.out,
+        if ops.out_kind == ffi::OutKind::I32 {
+            4
+        } else {
+            2
+        },
+    )?;
+    if let Some((p, _, _)) = ops.sx {
+        check_align("activation scales", p, 4)?;
+    }
+    if let Some((p, _)) = ops.bias {
+        check_align("bias", p, 4)?;
+    }
+    let (wq, _g1) = w.wq.device_ptr(stream);
+    let (wmeta, _g2) = w.meta.device_ptr(stream);
+    let (s1, _g3) = w.s1.device_ptr(stream);
+    let launch = ffi::GemmLaunch {
+        x: ops.x,
+        wq,
+        wmeta,
+        s1,
+        sx: ops.sx.map_or(0, |s| s.0),
+        sx_per_token: ops.sx.is_some_and(|s| s.2),
+        bias: ops.bias.map_or(0, |b| b.0),
+        out: ops.out,
+        out_kind: ops.out_kind,
+        m: to_i32("M", m)?,
+        n: to_i32("N", n)?,
+        k: to_i32("K", k)?,
+        group_size: to_i32("group size", w.group_size)?,
+        ws_partials: ops.ws.0,
+        ws_partials_len: ops.ws.1,
+        ws_counters: ops.ws.2,
+        ws_counters_len: ops.ws.3,
+        kernel: match cfg.kernel {
+            KernelChoice::Auto => 0,
+            KernelChoice::Decode => 1,
+            KernelChoice::Prefill => 2,
+            KernelChoice::PrefillMma => 3,
+        },
+        split_k,
+        num_sms: w.num_sms,
+    };
+    // SAFETY: the weight's pointers come from its live allocations; the operands' lengths were
+    // checked above against the shapes the kernel indexes where they are known, and are the
+    // caller's contract where they are not (raw API); the stream belongs to the weight's device.
+    unsafe { ffi::gemm(&launch, stream.cu_stream() as *mut _) }
+}
+
+/// The split-K launch value of `cfg` (0: heuristic), validated against K.
+fn check_split_k(k: usize, cfg: &GemmConfig) -> Result<i32> {
+    match cfg.split_k {
+        Some(s) if s == 0 || s as usize > k / layout::CHUNK_K => Err(Error::InvalidArgument {
+            what: "split_k",
+            reason: format!("must be in 1..={}, got {s}", k / layout::CHUNK_K),
+        }),
+        Some(s) => Ok(s as i32),
+        None => Ok(0),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn gemm_impl(
     stream: &Arc<CudaStream>,
@@ -366,90 +514,31 @@ fn gemm_impl(
     ws: &mut GemmWorkspace,
     cfg: &GemmConfig,
 ) -> Result<()> {
-    if !BUILT_WITH_CUDA {
-        return Err(Error::NotBuiltWithCuda);
-    }
-    let (n, k) = (w.n, w.k);
-    check_gemm_shape(m, n, k, w.group_size)?;
-    check_ordinal("weight", stream, w.ordinal)?;
-    check_len("x (M·K int8)", m * k, x.len())?;
-    check_len("out (M·N)", m * n, out_len)?;
-    if cfg.kernel == KernelChoice::Decode && m > DECODE_MAX_M {
-        return Err(Error::unsupported(
-            "M",
-            format!("the decode kernel takes M ≤ {DECODE_MAX_M}, got {m}"),
-        ));
-    }
-    if let Some(b) = bias {
-        check_len("bias (N)", n, b.len())?;
-    }
-    let (sx, per_token) = match scales {
-        Some(ActScales::PerToken(s)) => {
-            check_len("per-token scales (M)", m, s.len())?;
-            (Some(s), true)
-        }
-        Some(ActScales::PerTensor(s)) => {
-            check_len("per-tensor scale", 1, s.len())?;
-            (Some(s), false)
-        }
+    let x_len = x.len();
+    let (x_ptr, _gx) = x.device_ptr(stream);
+    let (sx_slice, per_token) = match scales {
+        Some(ActScales::PerToken(s)) => (Some(s), true),
+        Some(ActScales::PerTensor(s)) => (Some(s), false),
         None => (None, false),
     };
-    let split_k = match cfg.split_k {
-        Some(s) if s == 0 || s as usize > k / layout::CHUNK_K => {
-            return Err(Error::InvalidArgument {
-                what: "split_k",
-                reason: format!("must be in 1..={}, got {s}", k / layout::CHUNK_K),
-            })
-        }
-        Some(s) => s as i32,
-        None => 0,
-    };
-
-    let (x_ptr, _gx) = x.device_ptr(stream);
-    check_align("x", x_ptr, 16)?;
-    check_align(
-        "out",
-        out_ptr,
-        if out_kind == ffi::OutKind::I32 { 4 } else { 2 },
-    )?;
-    let (wq, _g1) = w.wq.device_ptr(stream);
-    let (wmeta, _g2) = w.meta.device_ptr(stream);
-    let (s1, _g3) = w.s1.device_ptr(stream);
-    let sx_guard = sx.map(|s| s.device_ptr(stream));
-    let bias_guard = bias.map(|b| b.device_ptr(stream));
+    let sx_guard = sx_slice.map(|s| (s.device_ptr(stream), s.len()));
+    let bias_guard = bias.map(|b| (b.device_ptr(stream), b.len()));
     let (parts_len, counters_len) = (ws.partials.len(), ws.counters.len());
     let (parts, _g4) = ws.partials.device_ptr_mut(stream);
     let (counters, _g5) = ws.counters.device_ptr_mut(stream);
-    let launch = ffi::GemmLaunch {
+    let ops = GemmOperands {
         x: x_ptr,
-        wq,
-        wmeta,
-        s1,
-        sx: sx_guard.as_ref().map_or(0, |g| g.0),
-        sx_per_token: per_token,
-        bias: bias_guard.as_ref().map_or(0, |g| g.0),
+        x_len: Some(x_len),
+        sx: sx_guard
+            .as_ref()
+            .map(|((p, _), len)| (*p, Some(*len), per_token)),
+        bias: bias_guard.as_ref().map(|((p, _), len)| (*p, Some(*len))),
         out: out_ptr,
+        out_len: Some(out_len),
         out_kind,
-        m: to_i32("M", m)?,
-        n: to_i32("N", n)?,
-        k: to_i32("K", k)?,
-        group_size: to_i32("group size", w.group_size)?,
-        ws_partials: parts,
-        ws_partials_len: parts_len,
-        ws_counters: counters,
-        ws_counters_len: counters_len,
-        kernel: match cfg.kernel {
-            KernelChoice::Auto => 0,
-            KernelChoice::Decode => 1,
-            KernelChoice::Prefill => 2,
-            KernelChoice::PrefillMma => 3,
-        },
-        split_k,
-        num_sms: w.num_sms,
+        ws: (parts, parts_len, counters, counters_len),
     };
-    // SAFETY: every pointer comes from a live cudarc allocation whose length was checked above
-    // against the shapes the kernel indexes; the stream belongs to the same device.
-    unsafe { ffi::gemm(&launch, stream.cu_stream() as *mut _) }
+    gemm_checked(stream, m, w, &ops, cfg)
 }
 
 /// `out[M, N] = (s_x[m] · s1[n]) · (X_s8 · W_s8ᵀ)[m, n] (+ bias[n])`, rounded to `O`.
@@ -517,16 +606,26 @@ pub fn w4a8_gemm_i32(
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn quant_impl<T: Half>(
+/// Device addresses of one activation quantization's operands (lengths as in [`GemmOperands`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QuantOperands {
+    pub x: u64,
+    pub x_len: Option<usize>,
+    pub bf16: bool,
+    pub smooth: Option<(u64, Option<usize>)>,
+    /// 0 for dynamic quantization, else the static scale (already validated).
+    pub static_scale: f32,
+    pub q: u64,
+    pub q_len: Option<usize>,
+    pub scales: Option<(u64, Option<usize>)>,
+}
+
+/// Every check activation quantization makes, then the launch (shared by the safe and raw API).
+pub(crate) fn quant_checked(
     stream: &Arc<CudaStream>,
-    x: &impl DevicePtr<T>,
     m: usize,
     k: usize,
-    smooth: Option<&CudaSlice<f32>>,
-    static_scale: f32,
-    q: &mut impl DevicePtrMut<i8>,
-    scales: Option<&mut CudaSlice<f32>>,
+    ops: &QuantOperands,
 ) -> Result<()> {
     if !BUILT_WITH_CUDA {
         return Err(Error::NotBuiltWithCuda);
@@ -545,35 +644,83 @@ fn quant_impl<T: Half>(
     let mk = m
         .checked_mul(k)
         .ok_or_else(|| Error::unsupported("M·K", "overflows"))?;
-    check_len("x (M·K)", mk, x.len())?;
-    check_len("q (M·K)", mk, q.len())?;
-    if let Some(s) = smooth {
-        check_len("smoothing factors (K)", k, s.len())?;
+    if let Some(len) = ops.x_len {
+        check_len("x (M·K)", mk, len)?;
     }
-    if let Some(s) = scales.as_ref() {
-        check_len("scales (M)", m, s.len())?;
+    if let Some(len) = ops.q_len {
+        check_len("q (M·K)", mk, len)?;
     }
-    let (x_ptr, _g0) = x.device_ptr(stream);
-    check_align("x", x_ptr, 16)?;
-    let (q_ptr, _g1) = q.device_ptr_mut(stream);
-    check_align("q", q_ptr, 8)?;
-    let smooth_guard = smooth.map(|s| s.device_ptr(stream));
-    if let Some(g) = smooth_guard.as_ref() {
-        check_align("smoothing factors", g.0, 16)?;
+    if let Some((_, Some(len))) = ops.smooth {
+        check_len("smoothing factors (K)", k, len)?;
     }
-    let scales_guard = scales.map(|s| s.device_ptr_mut(stream));
+    if let Some((_, Some(len))) = ops.scales {
+        check_len("scales (M)", m, len)?;
+    }
+    check_align("x", ops.x, 16)?;
+    check_align("q", ops.q, 8)?;
+    if let Some((p, _)) = ops.smooth {
+        check_align("smoothing factors", p, 16)?;
+    }
+    if let Some((p, _)) = ops.scales {
+        check_align("scales", p, 4)?;
+    }
     let launch = ffi::QuantLaunch {
-        x: x_ptr,
-        bf16: T::IS_BF16,
-        smooth: smooth_guard.as_ref().map_or(0, |g| g.0),
-        static_scale,
-        q: q_ptr,
-        scales: scales_guard.as_ref().map_or(0, |g| g.0),
+        x: ops.x,
+        bf16: ops.bf16,
+        smooth: ops.smooth.map_or(0, |s| s.0),
+        static_scale: ops.static_scale,
+        q: ops.q,
+        scales: ops.scales.map_or(0, |s| s.0),
         m: m as i32,
         k: k as i32,
     };
-    // SAFETY: lengths checked above against M·K, K and M; pointers from live allocations.
+    // SAFETY: lengths checked above against M·K, K and M where known (the caller's contract
+    // for raw pointers); pointers from live allocations.
     unsafe { ffi::quantize(&launch, stream.cu_stream() as *mut _) }
+}
+
+/// Rejects static scales the CPU recipe rejects.
+fn check_static_scale(scale: f32) -> Result<()> {
+    if scale.is_finite() && scale >= dgq_core::act::MIN_STATIC_SCALE {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            what: "static scale",
+            reason: format!("must be finite and >= 2^-110, got {scale}"),
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn quant_impl<T: Half>(
+    stream: &Arc<CudaStream>,
+    x: &impl DevicePtr<T>,
+    m: usize,
+    k: usize,
+    smooth: Option<&CudaSlice<f32>>,
+    static_scale: f32,
+    q: &mut impl DevicePtrMut<i8>,
+    scales: Option<&mut CudaSlice<f32>>,
+) -> Result<()> {
+    let (x_len, q_len) = (x.len(), q.len());
+    let (x_ptr, _g0) = x.device_ptr(stream);
+    let (q_ptr, _g1) = q.device_ptr_mut(stream);
+    let smooth_guard = smooth.map(|s| (s.device_ptr(stream), s.len()));
+    let scales_guard = scales.map(|s| {
+        let len = s.len();
+        (s.device_ptr_mut(stream), len)
+    });
+    let ops = QuantOperands {
+        x: x_ptr,
+        x_len: Some(x_len),
+        bf16: T::IS_BF16,
+        smooth: smooth_guard.as_ref().map(|((p, _), l)| (*p, Some(*l))),
+        static_scale,
+        q: q_ptr,
+        q_len: Some(q_len),
+        scales: scales_guard.as_ref().map(|((p, _), l)| (*p, Some(*l))),
+    };
+    quant_checked(stream, m, k, &ops)
 }
 
 /// Dynamic per-token INT8 quantization of `x` `[M, K]` (f16/bf16): writes codes to `q` `[M, K]`
@@ -604,11 +751,6 @@ pub fn quantize_acts_static<T: Half>(
     scale: f32,
     q: &mut impl DevicePtrMut<i8>,
 ) -> Result<()> {
-    if !(scale.is_finite() && scale >= dgq_core::act::MIN_STATIC_SCALE) {
-        return Err(Error::InvalidArgument {
-            what: "static scale",
-            reason: format!("must be finite and >= 2^-110, got {scale}"),
-        });
-    }
+    check_static_scale(scale)?;
     quant_impl(stream, x, m, k, smooth, scale, q, None)
 }

@@ -8,7 +8,7 @@
 //!   quantizer `(s_g, z)` whose loss is `e_gᵀ H_gg e_g` with the `g×g` diagonal block of `H`.
 //! - **Phase 2**, per output channel: `s1 = f16(r · max|w| / 127)` for `phase2_grid` ratios `r` from
 //!   1.0 down to `phase2_min_ratio`; each gives `S2 = clamp(rne(s_g / s1), 1, 127)` and codes
-//!   re-rounded with `s1·S2` inside [`q_bounds`](super::dual_grained::q_bounds); loss `eᵀ H e`
+//!   re-rounded with `s1·S2` inside [`q_bounds`]; loss `eᵀ H e`
 //!   with the full `H`. The direct RTN decomposition of the row
 //!   ([`DualGrainedWeight::rtn`]) is one more candidate, so the search is never worse than RTN on
 //!   its own loss, up to the rounding of the loss evaluation: phase 2 accumulates `X ŵ` in f32

@@ -124,14 +124,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
   __syncthreads();
   if (!is_last) return;
   __threadfence();
-  const int total = p.m * kDecodeRows;
-  for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
-    const int m = idx / kDecodeRows, n = rb * kDecodeRows + idx % kDecodeRows;
-    const int32_t *src = p.ws_partials + static_cast<size_t>(m) * p.n + n;
-    int32_t sum = 0;
-    for (int ss = 0; ss < split; ++ss) sum += __ldcg(src + static_cast<size_t>(ss) * p.m * p.n);
-    store_out<OUT>(p, m, n, sum);
-  }
+  splitk_reduce<OUT>(p, split, 0, p.m, rb * kDecodeRows, kDecodeRows, threadIdx.x, blockDim.x);
   if (threadIdx.x == 0) p.ws_counters[rb] = 0u;
 }
 
@@ -268,7 +261,7 @@ __global__ void __launch_bounds__(kPfThreads, 2) prefill_kernel(const GemmParams
 
 }  // namespace dgq
 
-#include "gemm_wgmma.cuh"
+#include "gemm_ws.cuh"
 
 namespace dgq {
 
@@ -276,6 +269,8 @@ namespace dgq {
 // Dispatch.
 // ------------------------------------------------------------------------------------------
 namespace {
+
+bool aligned(const void *ptr, size_t a) { return (reinterpret_cast<uintptr_t>(ptr) % a) == 0; }
 
 // Resident CTAs per SM of the decode kernel for a token-tile count (occupancy API, cached:
 // the answer depends only on the compiled kernel).
@@ -394,14 +389,14 @@ int launch_prefill(const GemmParams &p, int num_sms, cudaStream_t stream) {
 
 template <int OUT>
 int launch_wgmma(const GemmParams &p, int split, cudaStream_t stream) {
-  const cudaError_t e = cudaFuncSetAttribute(wgmma_kernel<OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(kWgSmemBytes));
+  const cudaError_t e = cudaFuncSetAttribute(ws_kernel<OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(kWsSmemBytes));
   if (e != cudaSuccess) return static_cast<int>(e);
   const int tiles = (p.n / kWgBN) * ((p.m + kWgBM - 1) / kWgBM);
   const int stages = p.k / (kChunkK * kWgChunks);
   const int per = (stages + split - 1) / split;
   split = (stages + per - 1) / per;
-  wgmma_kernel<OUT><<<dim3(tiles, split), kWgThreads, kWgSmemBytes, stream>>>(p, split, per);
+  ws_kernel<OUT><<<dim3(tiles, split), kWsThreads, kWsSmemBytes, stream>>>(p, split, per);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -417,7 +412,8 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
     // Shrink the split to what the caller's workspace holds rather than failing.
     const size_t per_split = static_cast<size_t>(a.m) * a.n;
     if (split > 1) {
-      const size_t fit = a.ws_partials == nullptr ? 0 : a.ws_partials_len / per_split;
+      // The fix-up reads the partials as 16-byte vectors.
+      const size_t fit = a.ws_partials == nullptr || !aligned(a.ws_partials, 16) ? 0 : a.ws_partials_len / per_split;
       if (a.ws_counters == nullptr || a.ws_counters_len < static_cast<size_t>(a.n / kDecodeRows)) split = 1;
       split = static_cast<int>(std::min<size_t>(split, std::max<size_t>(fit, 1)));
     }
@@ -433,7 +429,8 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
     if (split > 1) {
       // Shrink the split to what the caller's workspace holds rather than failing.
       const size_t per_split = static_cast<size_t>(a.m) * a.n;
-      const size_t fit = a.ws_partials == nullptr ? 0 : a.ws_partials_len / per_split;
+      // The fix-up reads the partials as 16-byte vectors.
+      const size_t fit = a.ws_partials == nullptr || !aligned(a.ws_partials, 16) ? 0 : a.ws_partials_len / per_split;
       if (a.ws_counters == nullptr || a.ws_counters_len < static_cast<size_t>(tiles)) split = 1;
       split = static_cast<int>(std::min<size_t>(split, std::max<size_t>(fit, 1)));
     }
@@ -441,8 +438,6 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
   }
   return launch_prefill<OUT>(p, num_sms, stream);
 }
-
-bool aligned(const void *ptr, size_t a) { return (reinterpret_cast<uintptr_t>(ptr) % a) == 0; }
 
 }  // namespace
 }  // namespace dgq

@@ -115,6 +115,9 @@ fn gemm_i32_is_bit_exact_small_shapes() {
         (256, 512, 128),
         (384, 768, 64),
         (512, 1024, 256),
+        // wgmma-path group sizes whose stage spans two groups (64) or straddles them (192).
+        (512, 640, 64),
+        (256, 768, 192),
     ]
     .iter()
     .enumerate()

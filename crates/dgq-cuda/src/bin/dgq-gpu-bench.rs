@@ -44,6 +44,12 @@ struct Args {
     /// Target milliseconds of GPU time per measurement.
     #[arg(long, default_value_t = 25.0)]
     target_ms: f64,
+    /// Kernel choice for dgq: auto, decode, prefill, prefill-mma (for tuning the heuristics).
+    #[arg(long, default_value = "auto")]
+    kernel: String,
+    /// Split-K factor for dgq (0: heuristic).
+    #[arg(long, default_value_t = 0)]
+    split_k: u32,
     /// Where gpu-bench.md and gpu-bench.json go.
     #[arg(long, default_value = ".")]
     out_dir: std::path::PathBuf,
@@ -369,7 +375,16 @@ fn main() -> AnyResult<()> {
             let mut out = stream.alloc_zeros::<f16>(m * n)?;
             let mut out16 = stream.alloc_zeros::<f16>(m * n)?;
             let mut out32 = stream.alloc_zeros::<i32>(m * n)?;
-            let cfg = dgq_cuda::GemmConfig::default();
+            let cfg = dgq_cuda::GemmConfig {
+                kernel: match args.kernel.as_str() {
+                    "auto" => KernelChoice::Auto,
+                    "decode" => KernelChoice::Decode,
+                    "prefill" => KernelChoice::Prefill,
+                    "prefill-mma" => KernelChoice::PrefillMma,
+                    other => return Err(format!("unknown --kernel {other:?}").into()),
+                },
+                split_k: (args.split_k > 0).then_some(args.split_k),
+            };
 
             let dgq_us = time_us(&stream, args.target_ms, |i| {
                 let sc = ActScales::PerToken(&sx);

@@ -25,6 +25,9 @@ struct GemmParams {
   int chunks_per_group;  // group_size / 64
   int32_t *ws_partials;
   uint32_t *ws_counters;
+  // Activations already in the wgmma kernel's shared-memory order (see xperm_kernel), or null.
+  const int8_t *xp;
+  int m_pad;
 };
 
 // Four u4 codes (one per byte, 0..15) -> four int8 weights. No byte carries into the next:

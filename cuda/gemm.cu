@@ -312,34 +312,55 @@ int decode_split(int m, int n, int k, int num_sms) {
   return (kc + per - 1) / per;
 }
 
-// Automatic choice of the decode kernel (measured on H100, v5): always for M <= 32; for
-// 32 < M <= 64 only while the wgmma kernel would have fewer 256-channel tiles than half the SMs
-// (4096² M = 64: 26 vs 47 µs, 8192²: 55 vs 61 µs; 28672×8192, 112 tiles: 127 vs 120 µs).
+// Token tile of the wgmma kernel (measured on H100): the largest of 256 / 128 / 64 that does
+// not exceed M (rounded up to 64) and still gives ~90 % of the SMs an output tile — larger tiles
+// dequantize each weight for more tokens; otherwise 64, with split-K filling the SMs.
+// 4096² M = 256: 26 µs at 64 vs 29 / 38 at 128 / 256; 28672×8192 M = 128: 101 µs at 128 vs 159 at
+// 256; M = 4096: 2177 µs at 256 vs 2497 at 128.
+int ws_bm(int m, int n, int num_sms) {
+  const int tn = n / kWsBN;
+  const int want = (9 * std::max(1, num_sms) + 9) / 10;
+  for (const int bm : {256, 128}) {
+    if (bm <= (m + 63) / 64 * 64 && tn * ((m + bm - 1) / bm) >= want) return bm;
+  }
+  return 64;
+}
+
+int ws_tiles(int m, int n, int num_sms) {
+  const int bm = ws_bm(m, n, num_sms);
+  return (n / kWsBN) * ((m + bm - 1) / bm);
+}
+
+// Automatic choice of the decode kernel (measured on H100): always for M <= 32; for
+// 32 < M <= 64 only while N has fewer 256-channel blocks than half the SMs.
 bool auto_decode(int m, int n, int num_sms) {
   if (m <= 32) return true;
-  return m <= kDecodeMaxM && 2 * (n / kWgBN) < num_sms;
+  return m <= kDecodeMaxM && 2 * (n / 256) < num_sms;
 }
 
 // Split-K of the wgmma kernel: one resident CTA per SM, so fill the SMs once when the output
-// tiles alone do not, keeping at least 8 pipeline stages (K = 1024) per split so the partial
-// sums' round trip through L2 stays small against the main loop.
+// tiles alone do not, keeping at least 4 pipeline stages (K = 512) per split.
 int wgmma_split(int m, int n, int k, int num_sms) {
-  if (m < 1 || n % kWgBN != 0 || k % (kChunkK * kWgChunks) != 0) return 0;
-  const int tiles = (n / kWgBN) * ((m + kWgBM - 1) / kWgBM);
-  const int stages = k / (kChunkK * kWgChunks);
+  if (m < 1 || n % kWsBN != 0 || k % (kChunkK * kWsChunks) != 0) return 0;
+  const int tiles = ws_tiles(m, n, num_sms);
+  const int stages = k / (kChunkK * kWsChunks);
   int split = std::max(1, std::max(1, num_sms) / tiles);
-  split = std::min(split, std::max(1, stages / 8));
+  split = std::min(split, std::max(1, stages / 4));
   const int per = (stages + split - 1) / split;
   return (stages + per - 1) / per;
 }
 
-// Auto choice between the tiled kernels (measured on H100): with short K and fewer 256×128 tiles
-// than half the SMs, the mma.sync kernel's smaller token tiles beat a split-K wgmma.
-bool prefer_wgmma(int m, int n, int k, int num_sms) {
-  if (n % kWgBN != 0) return false;
-  const int tiles = (n / kWgBN) * ((m + kWgBM - 1) / kWgBM);
-  return k >= 8192 || 2 * tiles >= num_sms;
+constexpr int kXpRows = 256;  // m_pad multiple: the largest token tile
+int round_up_rows(int m) { return (m + kXpRows - 1) / kXpRows * kXpRows; }
+// Scratch (in int32 elements) of the pre-permuted activations, and where they start: after the
+// split-K partial sums, 256-byte aligned.
+size_t xp_len_i32(int m, int k) { return static_cast<size_t>(round_up_rows(m)) * k / 4; }
+size_t xp_offset_i32(int m, int n, int split) {
+  return split > 1 ? (static_cast<size_t>(split) * m * n + 63) / 64 * 64 : 0;
 }
+
+// The auto choice takes the wgmma kernel for every M the decode kernel does not take.
+bool prefer_wgmma(int, int n, int, int) { return n % kWsBN == 0; }
 
 template <int OUT>
 int launch_decode(const GemmParams &p, int split, cudaStream_t stream) {
@@ -387,17 +408,64 @@ int launch_prefill(const GemmParams &p, int num_sms, cudaStream_t stream) {
   return launch_prefill_bm<32, OUT>(p, stream);
 }
 
-template <int OUT>
-int launch_wgmma(const GemmParams &p, int split, cudaStream_t stream) {
-  const cudaError_t e = cudaFuncSetAttribute(ws_kernel<OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(kWsSmemBytes));
+// Activations [M, K] row-major -> the wgmma kernel's shared-memory order, so that a stage's
+// BM × 128 K tile is one contiguous bulk copy: for 128-K stage kt, row r (of m_pad, zero past M)
+// at byte (kt·m_pad + r)·128, its 16-byte chunk c at chunk c ^ (r % 8) (the 128-byte swizzle)
+// holding the prepared K order (a 4×4 transpose of 4-byte words in every 64-byte chunk).
+__global__ void xperm_kernel(const int8_t *__restrict__ x, int8_t *__restrict__ xp, int m, int k, int m_pad) {
+  const int hk = k / 64;
+  const size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= static_cast<size_t>(m_pad) * hk) return;
+  const int row = static_cast<int>(idx / hk), h = static_cast<int>(idx % hk);
+  uint4 v[4];
+  if (row < m) {
+    const uint4 *src = reinterpret_cast<const uint4 *>(x + static_cast<size_t>(row) * k + h * 64);
+#pragma unroll
+    for (int a = 0; a < 4; ++a) v[a] = __ldg(src + a);
+  } else {
+#pragma unroll
+    for (int a = 0; a < 4; ++a) v[a] = make_uint4(0, 0, 0, 0);
+  }
+  uint4 *dst = reinterpret_cast<uint4 *>(xp + (static_cast<size_t>(h >> 1) * m_pad + row) * 128);
+  const int base = 4 * (h & 1), sw = row & 7;
+  dst[(base + 0) ^ sw] = make_uint4(v[0].x, v[1].x, v[2].x, v[3].x);
+  dst[(base + 1) ^ sw] = make_uint4(v[0].y, v[1].y, v[2].y, v[3].y);
+  dst[(base + 2) ^ sw] = make_uint4(v[0].z, v[1].z, v[2].z, v[3].z);
+  dst[(base + 3) ^ sw] = make_uint4(v[0].w, v[1].w, v[2].w, v[3].w);
+}
+
+template <int BM, int OUT, bool PRE>
+int launch_ws_pre(const GemmParams &p, int split, cudaStream_t stream) {
+  using C = WsCfg<BM>;
+  const cudaError_t e = cudaFuncSetAttribute(ws_kernel<BM, OUT, PRE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(C::kSmem));
   if (e != cudaSuccess) return static_cast<int>(e);
-  const int tiles = (p.n / kWgBN) * ((p.m + kWgBM - 1) / kWgBM);
-  const int stages = p.k / (kChunkK * kWgChunks);
+  const int tiles = (p.n / kWsBN) * ((p.m + BM - 1) / BM);
+  const int stages = p.k / (kChunkK * kWsChunks);
   const int per = (stages + split - 1) / split;
   split = (stages + per - 1) / per;
-  ws_kernel<OUT><<<dim3(tiles, split), kWsThreads, kWsSmemBytes, stream>>>(p, split, per);
+  ws_kernel<BM, OUT, PRE><<<dim3(tiles, split), kWsThreads, C::kSmem, stream>>>(p, split, per);
   return static_cast<int>(cudaGetLastError());
+}
+
+template <int BM, int OUT>
+int launch_ws(const GemmParams &p, int split, cudaStream_t stream) {
+  if (p.xp != nullptr) {
+    const size_t threads = static_cast<size_t>(p.m_pad) * (p.k / 64);
+    xperm_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(p.x, const_cast<int8_t *>(p.xp),
+                                                                                 p.m, p.k, p.m_pad);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return static_cast<int>(e);
+    return launch_ws_pre<BM, OUT, true>(p, split, stream);
+  }
+  return launch_ws_pre<BM, OUT, false>(p, split, stream);
+}
+
+template <int OUT>
+int launch_wgmma(const GemmParams &p, int bm, int split, cudaStream_t stream) {
+  if (bm == 256) return launch_ws<256, OUT>(p, split, stream);
+  if (bm == 128) return launch_ws<128, OUT>(p, split, stream);
+  return launch_ws<64, OUT>(p, split, stream);
 }
 
 template <int OUT>
@@ -419,13 +487,13 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
     }
     return launch_decode<OUT>(p, std::max(split, 1), stream);
   }
-  // The wgmma kernel needs whole 256-channel tiles; the mma.sync kernel takes the rest.
-  const bool wgmma = a.n % kWgBN == 0 && (a.kernel == DGQ_KERNEL_PREFILL ||
+  const bool wgmma = a.n % kWsBN == 0 && (a.kernel == DGQ_KERNEL_PREFILL ||
                                           (a.kernel == DGQ_KERNEL_AUTO && prefer_wgmma(a.m, a.n, a.k, num_sms)));
   if (wgmma) {
-    const int tiles = (a.n / kWgBN) * ((a.m + kWgBM - 1) / kWgBM);
+    const int bm = ws_bm(a.m, a.n, num_sms);
+    const int tiles = ws_tiles(a.m, a.n, num_sms);
     int split = a.split_k > 0 ? a.split_k : wgmma_split(a.m, a.n, a.k, num_sms);
-    split = std::min(split, a.k / (kChunkK * kWgChunks));
+    split = std::min(split, a.k / (kChunkK * kWsChunks));
     if (split > 1) {
       // Shrink the split to what the caller's workspace holds rather than failing.
       const size_t per_split = static_cast<size_t>(a.m) * a.n;
@@ -434,7 +502,16 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
       if (a.ws_counters == nullptr || a.ws_counters_len < static_cast<size_t>(tiles)) split = 1;
       split = static_cast<int>(std::min<size_t>(split, std::max<size_t>(fit, 1)));
     }
-    return launch_wgmma<OUT>(p, std::max(split, 1), stream);
+    split = std::max(split, 1);
+    // Pre-permuted activations when the workspace also holds them, after the partial sums.
+    GemmParams q = p;
+    const size_t part = xp_offset_i32(a.m, a.n, split);
+    const size_t need = part + xp_len_i32(a.m, a.k);
+    if (a.ws_partials != nullptr && aligned(a.ws_partials, 16) && a.ws_partials_len >= need) {
+      q.xp = reinterpret_cast<const int8_t *>(a.ws_partials + part);
+      q.m_pad = round_up_rows(a.m);
+    }
+    return launch_wgmma<OUT>(q, bm, split, stream);
   }
   return launch_prefill<OUT>(p, num_sms, stream);
 }
@@ -452,11 +529,9 @@ extern "C" void dgq_w4a8_workspace_len(int32_t m, int32_t n, int32_t k, int32_t 
     cnt = static_cast<size_t>(n / kDecodeRows);
   } else if (prefer_wgmma(m, n, k, num_sms)) {
     const int split = wgmma_split(m, n, k, num_sms);
-    const size_t tiles = static_cast<size_t>(n / kWgBN) * ((m + kWgBM - 1) / kWgBM);
-    if (split > 1) {
-      parts = static_cast<size_t>(split) * m * n;
-      cnt = tiles;
-    }
+    const size_t tiles = static_cast<size_t>(ws_tiles(m, n, num_sms));
+    parts = xp_offset_i32(m, n, split) + xp_len_i32(m, k);
+    if (split > 1) cnt = tiles;
   }
   if (partials != nullptr) *partials = parts;
   if (counters != nullptr) *counters = cnt;
@@ -493,6 +568,8 @@ extern "C" int dgq_w4a8_gemm(const DgqGemmArgs *a, void *stream) {
   p.chunks_per_group = a->group_size / kChunkK;
   p.ws_partials = a->ws_partials;
   p.ws_counters = a->ws_counters;
+  p.xp = nullptr;
+  p.m_pad = 0;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (a->out_kind) {
     case DGQ_OUT_F16:

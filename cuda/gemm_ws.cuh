@@ -2,37 +2,48 @@
 // stages guarded by mbarriers; two consumer warpgroups dequantize the u4 weights from shared
 // memory into registers and run wgmma (register A = weights, shared-memory B = activations).
 //
-// Why this shape (ncu on the previous single-role kernel: 12.5 % occupancy, issue slots 26 %
-// busy, a CTA barrier per stage): the consumers no longer compute copy addresses nor meet at a
-// CTA barrier, so each warpgroup's dequant of stage k+1 overlaps its wgmma of stage k and the two
-// warpgroups drift freely.
+// CTA tile: 128 output channels × BM tokens (BM = 64, 128 or 256) × 128 K per stage. Each
+// consumer warpgroup owns 64 channels × BM tokens: one m64nBMk32 wgmma per k32 step, so every
+// dequantized weight serves BM tokens. Consumers never compute copy addresses nor meet at a CTA
+// barrier; each keeps three chunk groups of wgmma in flight while it dequantizes the next chunk.
+// (A stand-alone loop of exactly this consumer work — LDS, meta __ldg, dequant, RS wgmma — runs
+// at 1920 TOPS on the H100, so the consumer side is not what limits the kernel.)
 //
-// Producer, per stage: thread 0 arms the stage's `full` barrier with the weight bytes and 16
-// lanes issue one 1 KB bulk copy each (cp.async.bulk: the prepared weights of a 16-channel row
-// tile are contiguous over the stage's 128 K). The activations need the prepared K permutation
-// (a 4×4 transpose of 4-byte words in every 64-byte chunk) that no bulk copy can do, so every
-// producer thread cp.async's its two (token, 64-byte) pieces in 16-byte units straight into their
-// 128-byte-swizzled slots, waits for them two stages later, transposes them in place through
-// registers and arrives on `full` after a proxy fence. Consumers arrive on `empty` once their
-// wgmma of the stage has retired.
-//
-// Tile: 256 channels × 128 tokens × 128 K per stage (same as wgmma_kernel), split-K as there.
+// Producer, per stage: thread 0 arms the stage's `full` barrier with the byte count and issues
+// one 1 KB bulk copy per 16-channel row tile (cp.async.bulk; the prepared weights of a row tile
+// are contiguous over the stage's 128 K) and, when PRE, one bulk copy of the activations, which
+// xperm_kernel has already put in this kernel's shared-memory order (128-byte swizzle, prepared
+// K permutation) in the workspace. Without that scratch (PRE = false) the producer threads
+// cp.async their (token, 64-byte) pieces in 16-byte units into the swizzled slots, wait for them
+// kLag stages later, transpose the 4-byte words in place and arrive after a proxy fence — correct
+// but 1.6× slower at M = 4096 (ncu, 28672×8192: 3.97 vs 2.44 ms). Consumers arrive on `empty`
+// once the wgmma of a stage has retired. The (S2, a) meta words are read with __ldg issued before
+// the consumers wait for the stage: bulk-copying them into the stage (16 copies of 32 B) made the
+// kernel 1.36× slower.
 #pragma once
 
 #include "gemm_wgmma.cuh"
 
 namespace dgq {
 
-constexpr int kWsStages = 6;
-constexpr int kWsLag = 2;            // stages of activation copies in flight per producer thread
-constexpr int kWsThreads = 384;      // warpgroup 0, 1: consumers; warpgroup 2: producer
+constexpr int kWsBN = 128;           // output channels per CTA
+constexpr int kWsChunks = 2;         // 64-deep chunks per stage (BK = 128)
+constexpr int kWsThreads = 384;      // warpgroups 0, 1: consumers; warpgroup 2: producer
 constexpr int kWsConsumerRegs = 208;  // setmaxnreg: 2·128·208 + 128·88 = 384·168, the launch pool
 constexpr int kWsProducerRegs = 88;
-// A stage: activations (16 KB, 1024-aligned for the swizzle), then weights (16 KB). The consumers
-// read the (S2, a) meta words with __ldg issued before they wait for the stage: bulk-copying them
-// into the stage as well (16 copies of 32 B) made the kernel 1.36× slower (ncu, 28672×8192×4096).
-constexpr int kWsStageU4 = kWgStageU4;
-constexpr size_t kWsSmemBytes = static_cast<size_t>(kWsStages) * kWsStageU4 * 16 + 2 * kWsStages * 8;
+constexpr int kWsGroupM = 8;  // raster: 8 token tiles share each weight tile while it sits in L2
+
+template <int BM>
+struct WsCfg {
+  static constexpr int kXU4 = BM * 8;                              // BM rows × 128 B
+  static constexpr int kWU4 = (kWsBN / 16) * kWsChunks * 32;       // 8 row tiles × 1 KB
+  static constexpr int kStageU4 = kXU4 + kWU4;                     // a multiple of 1 KB
+  static constexpr int kStages = BM == 256 ? 5 : 8;                // ≤ 200 KB of ring
+  static constexpr size_t kSmem = static_cast<size_t>(kStages) * kStageU4 * 16 + 2 * kStages * 8;
+  static constexpr int kPieces = BM * 2 / 128;                     // (token, 64 B) pieces per producer thread
+  // Stages of activation copies in flight per producer thread before it transposes them.
+  static constexpr int kLag = 2;  // (2, 3 and 5 measured the same)
+};
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -76,36 +87,53 @@ __device__ __forceinline__ void setmaxnreg_dec() {
 // Barrier among the 256 consumer threads only (the producer warpgroup has left).
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
 
-template <int OUT>
+template <int BM>
+__device__ __forceinline__ void wgmma_rs(int32_t (&d)[BM / 2], const uint32_t (&a)[4], uint64_t desc_b) {
+  if constexpr (BM == 256) {
+    wgmma_m64n256k32_rs(d, a, desc_b);
+  } else if constexpr (BM == 128) {
+    wgmma_m64n128k32_rs(d, a, desc_b);
+  } else {
+    wgmma_m64n64k32_rs(d, a, desc_b);
+  }
+}
+
+// grid.x: output tiles (grouped raster); grid.y: K splits. With split > 1 every CTA writes its
+// INT32 partial tile to the workspace and the last CTA of a tile (atomic ticket) reduces the
+// splits and runs the epilogue, then rearms the tile's counter.
+template <int BM, int OUT, bool PRE>
 __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, const int split,
                                                            const int stages_per_split) {
+  using C = WsCfg<BM>;
   extern __shared__ __align__(1024) uint4 smem[];
-  uint64_t *full = reinterpret_cast<uint64_t *>(smem + kWsStages * kWsStageU4);
-  uint64_t *empty = full + kWsStages;
+  uint64_t *full = reinterpret_cast<uint64_t *>(smem + C::kStages * C::kStageU4);
+  uint64_t *empty = full + C::kStages;
   const int tid = threadIdx.x, lane = tid & 31;
   const int wg = tid >> 7;
 
-  const int tiles_n = p.n / kWgBN;
-  const int tiles_m = (p.m + kWgBM - 1) / kWgBM;
+  const int tiles_n = p.n / kWsBN;
+  const int tiles_m = (p.m + BM - 1) / BM;
   const int pid = blockIdx.x;
-  const int in_group = kPfGroupM * tiles_n;
-  const int first_m = (pid / in_group) * kPfGroupM;
-  const int group_m = min(tiles_m - first_m, kPfGroupM);
+  const int in_group = kWsGroupM * tiles_n;
+  const int first_m = (pid / in_group) * kWsGroupM;
+  const int group_m = min(tiles_m - first_m, kWsGroupM);
   const int tile_m = first_m + (pid % in_group) % group_m;
   const int tile_n = (pid % in_group) / group_m;
 
   const int kc = p.k / kChunkK;
   const int ng = p.k / p.group_size;
   const int kt_begin = blockIdx.y * stages_per_split;
-  const int kt_end = min(kc / kWgChunks, kt_begin + stages_per_split);
+  const int kt_end = min(kc / kWsChunks, kt_begin + stages_per_split);
   const int kt_total = kt_end - kt_begin;
-  const int rt0 = tile_n * (kWgBN / 16);
-  const int m_base = tile_m * kWgBM;
+  const int rt0 = tile_n * (kWsBN / 16);
+  const int m_base = tile_m * BM;
 
   if (tid == 0) {
-    for (int s = 0; s < kWsStages; ++s) {
-      mbar_init(full + s, kWgBM + 1);  // 128 producer threads + the expect_tx arrival
-      mbar_init(empty + s, 8);         // one per consumer warp
+    for (int s = 0; s < C::kStages; ++s) {
+      // The producer threads (transposing activations) + the expect_tx arrival; with
+      // pre-permuted activations only the latter.
+      mbar_init(full + s, PRE ? 1 : 128 + 1);
+      mbar_init(empty + s, 8);       // one per consumer warp
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -115,11 +143,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
     // ---------------------------------- producer ----------------------------------
     setmaxnreg_dec<kWsProducerRegs>();
     const int pt = tid - 256;
-    // Pieces pt and pt + 128 of the stage's 256 (token row r = piece / 2, 64-byte half h).
-    const int8_t *xsrc[2];
-    int xbytes[2], row[2], half[2];
+    // Pieces pt + 128·i of the stage's 2·BM (token row r = piece / 2, 64-byte half h).
+    const int8_t *xsrc[C::kPieces];
+    int xbytes[C::kPieces], row[C::kPieces], half[C::kPieces];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
+    for (int i = 0; i < C::kPieces; ++i) {
       const int piece = pt + 128 * i;
       row[i] = piece >> 1;
       half[i] = piece & 1;
@@ -127,23 +155,23 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
       xbytes[i] = m < p.m ? 16 : 0;  // tokens past M are zero-filled
       xsrc[i] = p.x + static_cast<size_t>(m < p.m ? m : 0) * p.k + static_cast<size_t>(kt_begin) * 128 + 64 * half[i];
     }
-    // Thread 0 issues the stage's 16 bulk copies in straight-line code: spread over the lanes of
-    // a warp, the compiler serialises them through an elect loop that is several times slower.
-    const uint4 *wsrc = p.wq + static_cast<size_t>(rt0) * kc * 32 + static_cast<size_t>(kt_begin) * (kWgChunks * 32);
+    // Thread 0 issues the stage's bulk copies in straight-line code (spread over a warp's
+    // lanes, the compiler serialises them through an elect loop).
+    const uint4 *wsrc = p.wq + static_cast<size_t>(rt0) * kc * 32 + static_cast<size_t>(kt_begin) * (kWsChunks * 32);
     const size_t wrow = static_cast<size_t>(kc) * 32;  // uint4 per row tile
 
-    for (int kt = 0; kt < kt_total + kWsLag; ++kt) {
-      // First finish stage kt - LAG (its copies were issued LAG iterations ago), so that its
-      // `full` arrival never waits behind the `empty` wait of a later stage.
-      const int j = kt - kWsLag;
-      if (j >= 0) {
-        cp_async_wait<kWsLag - 1>();
-        const int slot = j % kWsStages;
-        uint4 *sx = smem + slot * kWsStageU4;
+    int slot = 0, round = 0;          // of stage kt
+    int tslot = 0;                    // of stage kt - C::kLag
+    for (int kt = 0; kt < kt_total + (PRE ? 0 : C::kLag); ++kt) {
+      // First finish stage kt - C::kLag, so that its `full` arrival never waits behind the
+      // `empty` wait of a later stage.
+      if (!PRE && kt >= C::kLag) {
+        cp_async_wait<C::kLag - 1>();
+        uint4 *sx = smem + tslot * C::kStageU4;
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
+        for (int i = 0; i < C::kPieces; ++i) {
           // Natural 16-byte chunk a sits at slot (4h + a) ^ (r % 8); the prepared order wants
-          // chunk j' = word j' of each natural chunk there: a 4×4 word transpose in place.
+          // chunk j = word j of each natural chunk there: a 4×4 word transpose in place.
           uint4 v[4];
           int pos[4];
 #pragma unroll
@@ -157,30 +185,39 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
           sx[pos[3]] = make_uint4(v[0].w, v[1].w, v[2].w, v[3].w);
         }
         fence_proxy_async();  // generic-proxy writes above -> wgmma's async-proxy reads
-        mbar_arrive(full + slot);
+        mbar_arrive(full + tslot);
+        if (++tslot == C::kStages) tslot = 0;
       }
       if (kt < kt_total) {
-        const int slot = kt % kWsStages;
-        if (kt >= kWsStages) mbar_wait(empty + slot, ((kt / kWsStages) - 1) & 1);
-        uint4 *sx = smem + slot * kWsStageU4;
+        if (round > 0) mbar_wait(empty + slot, (round - 1) & 1);
+        uint4 *sx = smem + slot * C::kStageU4;
         if (pt == 0) {
-          mbar_arrive_expect_tx(full + slot, kWgW_U4 * 16);
-          const uint4 *ws = wsrc + static_cast<size_t>(kt) * (kWgChunks * 32);
+          mbar_arrive_expect_tx(full + slot, C::kWU4 * 16 + (PRE ? C::kXU4 * 16 : 0));
+          if constexpr (PRE) {
+            // One copy: the stage's BM rows are contiguous in the pre-permuted activations.
+            bulk_copy_g2s(sx, p.xp + (static_cast<size_t>(kt_begin + kt) * p.m_pad + m_base) * 128, C::kXU4 * 16,
+                          full + slot);
+          }
+          const uint4 *ws = wsrc + static_cast<size_t>(kt) * (kWsChunks * 32);
 #pragma unroll
-          for (int r = 0; r < kWgBN / 16; ++r) {
-            bulk_copy_g2s(sx + kWgX_U4 + r * (kWgChunks * 32), ws + r * wrow, kWgChunks * 32 * 16, full + slot);
+          for (int r = 0; r < kWsBN / 16; ++r) {
+            bulk_copy_g2s(sx + C::kXU4 + r * (kWsChunks * 32), ws + r * wrow, kWsChunks * 32 * 16, full + slot);
           }
         }
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
+        for (int i = 0; i < (PRE ? 0 : C::kPieces); ++i) {
 #pragma unroll
           for (int a = 0; a < 4; ++a) {
             const int pos = (4 * half[i] + a) ^ (row[i] & 7);
             cp_async16(sx + row[i] * 8 + pos, xsrc[i] + static_cast<size_t>(kt) * 128 + 16 * a, xbytes[i]);
           }
         }
+        if (++slot == C::kStages) {
+          slot = 0;
+          ++round;
+        }
       }
-      cp_async_commit();
+      if constexpr (!PRE) cp_async_commit();
     }
     return;
   }
@@ -189,73 +226,76 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
   setmaxnreg_inc<kWsConsumerRegs>();
   const int warp_in_wg = (tid >> 5) & 3;
   const int g = lane >> 2;
+  const int rtl = wg * 4 + warp_in_wg;  // this warp's 16-channel row tile within the CTA
 
-  int32_t acc[2][64];
+  int32_t acc[BM / 2];
 #pragma unroll
-  for (int s = 0; s < 2; ++s)
-#pragma unroll
-    for (int i = 0; i < 64; ++i) acc[s][i] = 0;
+  for (int i = 0; i < BM / 2; ++i) acc[i] = 0;
 
-  const int rtl0 = wg * 8 + warp_in_wg;  // + sub * 4
-  const uint32_t *meta0 = p.wmeta + static_cast<size_t>(rt0 + rtl0) * ng * 8 + g;
-  const size_t meta_sub_stride = static_cast<size_t>(4) * ng * 8;
+  const uint32_t *meta_row = p.wmeta + static_cast<size_t>(rt0 + rtl) * ng * 8 + g;
+  // Group of the next chunk, tracked incrementally (no division in the loop).
+  int grp = (kt_begin * kWsChunks) / p.chunks_per_group;
+  int in_grp = (kt_begin * kWsChunks) % p.chunks_per_group;
 
-  // Per 64-deep chunk: dequantize both sub-tiles into that chunk's registers, issue its four
-  // wgmma, then retire the previous chunk's group. Two chunk-sized register buffers (32 regs)
-  // instead of two stage-sized ones keep the consumer within its register budget, so ptxas
-  // never has to serialize the wgmma.
-  uint32_t a[kWgChunks][2][2][4];
-  for (int kt = 0; kt < kt_total; ++kt) {
-    const int slot = kt % kWsStages;
-    // Issued before the wait so that their latency hides behind it.
-    uint32_t meta[kWgChunks][2];
+  // Per 64-deep chunk: dequantize into that chunk's registers and issue its two wgmma. Four
+  // chunk buffers (8 registers each) let three chunk groups stay in flight (wait<3>) while the
+  // next chunk is dequantized; a stage's slot is released once its second chunk has retired.
+  uint32_t a[4][2][4];
+  int slot = 0, round = 0;
+  auto stage = [&](int kt, uint32_t(&a0)[2][4], uint32_t(&a1)[2][4]) {
+    uint32_t meta[kWsChunks];
 #pragma unroll
-    for (int c = 0; c < kWgChunks; ++c) {
-      const int grp = ((kt_begin + kt) * kWgChunks + c) / p.chunks_per_group;
-#pragma unroll
-      for (int sub = 0; sub < 2; ++sub) meta[c][sub] = __ldg(meta0 + sub * meta_sub_stride + static_cast<size_t>(grp) * 8);
-    }
-    mbar_wait(full + slot, (kt / kWsStages) & 1);
-    const uint4 *sx = smem + slot * kWsStageU4;
-    const uint4 *sw = sx + kWgX_U4;
-#pragma unroll
-    for (int c = 0; c < kWgChunks; ++c) {
-#pragma unroll
-      for (int sub = 0; sub < 2; ++sub) {
-        const uint4 pw = sw[((rtl0 + sub * 4) * kWgChunks + c) * 32 + lane];
-        dequant(pw, meta[c][sub], a[c][sub]);
+    for (int c = 0; c < kWsChunks; ++c) {
+      meta[c] = __ldg(meta_row + static_cast<size_t>(grp) * 8);  // issued before the wait
+      if (++in_grp == p.chunks_per_group) {
+        in_grp = 0;
+        ++grp;
       }
+    }
+    mbar_wait(full + slot, round & 1);
+    const uint4 *sx = smem + slot * C::kStageU4;
+    const uint4 *sw = sx + C::kXU4;
+#pragma unroll
+    for (int c = 0; c < kWsChunks; ++c) {
+      uint32_t(&ac)[2][4] = c == 0 ? a0 : a1;
+      dequant(sw[(rtl * kWsChunks + c) * 32 + lane], meta[c], ac);
       wgmma_fence();
 #pragma unroll
       for (int s = 0; s < 2; ++s) {
-        const uint64_t db = smem_desc_sw128(reinterpret_cast<const char *>(sx) + 32 * (2 * c + s));
-#pragma unroll
-        for (int sub = 0; sub < 2; ++sub) wgmma_m64n128k32_rs(acc[sub], a[c][sub][s], db);
+        // k32 step j = 2c + s starts 32·j bytes into every (swizzled) 128-byte row.
+        wgmma_rs<BM>(acc, ac[s], smem_desc_sw128(reinterpret_cast<const char *>(sx) + 32 * (2 * c + s)));
       }
       wgmma_commit();
-      wgmma_wait<1>();
-      // The previous stage's last chunk has retired: its slot may be refilled.
-      if (c == 0 && kt > 0) {
+      wgmma_wait<3>();
+      // Chunks up to 2·kt + c − 3 have retired: at c = 0 that completes stage kt − 2.
+      if (c == 0 && kt >= 2) {
         __syncwarp();
-        if (lane == 0) mbar_arrive(empty + (kt - 1) % kWsStages);
+        if (lane == 0) mbar_arrive(empty + (slot >= 2 ? slot - 2 : slot + C::kStages - 2));
       }
     }
+    if (++slot == C::kStages) {
+      slot = 0;
+      ++round;
+    }
+  };
+  int kt = 0;
+  for (; kt + 1 < kt_total; kt += 2) {
+    stage(kt, a[0], a[1]);
+    stage(kt + 1, a[2], a[3]);
   }
+  if (kt < kt_total) stage(kt, a[0], a[1]);
   wgmma_wait<0>();
 
   const int t = lane & 3;
+  const int n0 = (rt0 + rtl) * 16 + g;
   if (split == 1) {
 #pragma unroll
-    for (int sub = 0; sub < 2; ++sub) {
-      const int n0 = (rt0 + rtl0 + sub * 4) * 16 + g;
+    for (int i = 0; i < BM / 8; ++i) {
+      const int m0 = m_base + i * 8 + t * 2;
 #pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        const int m0 = m_base + i * 8 + t * 2;
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const int m = m0 + (r & 1), n = n0 + (r >> 1) * 8;
-          if (m < p.m) store_out<OUT>(p, m, n, acc[sub][i * 4 + r]);
-        }
+      for (int r = 0; r < 4; ++r) {
+        const int m = m0 + (r & 1), n = n0 + (r >> 1) * 8;
+        if (m < p.m) store_out<OUT>(p, m, n, acc[i * 4 + r]);
       }
     }
     return;
@@ -263,16 +303,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
 
   int32_t *part = p.ws_partials + static_cast<size_t>(blockIdx.y) * p.m * p.n;
 #pragma unroll
-  for (int sub = 0; sub < 2; ++sub) {
-    const int n0 = (rt0 + rtl0 + sub * 4) * 16 + g;
+  for (int i = 0; i < BM / 8; ++i) {
+    const int m0 = m_base + i * 8 + t * 2;
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const int m0 = m_base + i * 8 + t * 2;
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int m = m0 + (r & 1), n = n0 + (r >> 1) * 8;
-        if (m < p.m) part[static_cast<size_t>(m) * p.n + n] = acc[sub][i * 4 + r];
-      }
+    for (int r = 0; r < 4; ++r) {
+      const int m = m0 + (r & 1), n = n0 + (r >> 1) * 8;
+      if (m < p.m) part[static_cast<size_t>(m) * p.n + n] = acc[i * 4 + r];
     }
   }
   __threadfence();
@@ -282,7 +318,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
   consumer_sync();
   if (!is_last) return;
   __threadfence();
-  splitk_reduce<OUT>(p, split, m_base, min(kWgBM, p.m - m_base), tile_n * kWgBN, kWgBN, tid, 256);
+  splitk_reduce<OUT>(p, split, m_base, min(BM, p.m - m_base), tile_n * kWsBN, kWsBN, tid, 256);
   if (tid == 0) p.ws_counters[blockIdx.x] = 0u;
 }
 

@@ -39,7 +39,7 @@ typedef enum DgqOutKind {
 
 /** Which GEMM kernel to run. */
 typedef enum DgqKernel {
-  /** Decode kernel for M <= 32, prefill kernel above. */
+  /** Decode kernel for small M (see auto_decode in gemm.cu), wgmma prefill kernel above. */
   DGQ_KERNEL_AUTO = 0,
   /** Memory-bound split-K kernel (M <= 32). */
   DGQ_KERNEL_DECODE = 1,
@@ -77,7 +77,8 @@ typedef struct DgqGemmArgs {
   int32_t n;
   int32_t k;
   int32_t group_size;
-  /** Split-K workspace: int32 partial sums, capacity in elements. */
+  /** Scratch: int32 split-K partial sums, then (wgmma kernel) the activations in its shared-memory
+   *  order; capacity in elements. 16-byte alignment is needed for either to be used. */
   int32_t *ws_partials;
   size_t ws_partials_len;
   /** Split-K tile counters (must be zero before first use; kernels leave them zero), length in elements. */
@@ -94,8 +95,9 @@ typedef struct DgqGemmArgs {
 /** Enqueues the W4A8 GEMM Y = (s_x ⊗ s1) · (X_s8 · W_s8ᵀ) (+ bias). */
 int dgq_w4a8_gemm(const DgqGemmArgs *args, void *stream);
 
-/** Workspace (int32 partials, u32 counters, in elements) the heuristics want for one GEMM shape
- *  with the default kernel choice; a smaller workspace only lowers the split-K factor. */
+/** Workspace (int32 scratch, u32 counters, in elements) the heuristics want for one GEMM shape
+ *  with the default kernel choice; a smaller workspace only lowers the split-K factor or, for the
+ *  wgmma kernel, makes it permute the activations itself (slower). */
 void dgq_w4a8_workspace_len(int32_t m, int32_t n, int32_t k, int32_t num_sms, size_t *partials, size_t *counters);
 
 /** Arguments of dgq_quantize_acts. K % 8 == 0, x 16-byte aligned, q 8-byte aligned. */

@@ -264,15 +264,28 @@ pub struct GemmWorkspace {
     counters: CudaSlice<u32>,
 }
 
-/// Largest M for which [`GemmWorkspace::for_shapes`] sizes the split-K scratch; beyond it the
-/// output tiles alone fill the GPU for every supported shape of at least 4096 channels.
+/// Largest M for which [`GemmWorkspace::for_shapes`] sizes the scratch (use
+/// [`GemmWorkspace::for_shapes_up_to`] for larger M; with too small a workspace the GEMM still
+/// runs, without split-K and with the wgmma kernel permuting the activations itself).
 pub const WORKSPACE_MAX_M: usize = 2048;
 
 impl GemmWorkspace {
-    /// A workspace large enough for the kernels' preferred split-K factor on every `(N, K)` in
-    /// `shapes` and every M ≤ [`WORKSPACE_MAX_M`]. With a smaller workspace the GEMM still runs,
-    /// with a smaller split.
+    /// A workspace large enough for the kernels' preferred split-K factor and the wgmma
+    /// kernel's permuted activations on every `(N, K)` in `shapes` and every M ≤
+    /// [`WORKSPACE_MAX_M`]. With a smaller workspace the GEMM still runs, with a smaller split
+    /// and the activations permuted inside the kernel.
     pub fn for_shapes(stream: &Arc<CudaStream>, shapes: &[(usize, usize)]) -> Result<Self> {
+        Self::for_shapes_up_to(stream, shapes, WORKSPACE_MAX_M)
+    }
+
+    /// As [`GemmWorkspace::for_shapes`] for every M ≤ `max_m`. The wgmma kernel keeps a copy of
+    /// the activations in its shared-memory order here (M·K bytes, M rounded up to 256), so a
+    /// workspace for large M is about as large as the activations.
+    pub fn for_shapes_up_to(
+        stream: &Arc<CudaStream>,
+        shapes: &[(usize, usize)],
+        max_m: usize,
+    ) -> Result<Self> {
         if !BUILT_WITH_CUDA {
             return Err(Error::NotBuiltWithCuda);
         }
@@ -281,7 +294,7 @@ impl GemmWorkspace {
         let mut counters = 1usize;
         for &(n, k) in shapes {
             layout::check_supported(n, k, layout::CHUNK_K)?;
-            for m in 1..=WORKSPACE_MAX_M {
+            for m in 1..=max_m {
                 let (p, c) = ffi::workspace_len(m as i32, n as i32, k as i32, info.num_sms);
                 partials = partials.max(p);
                 counters = counters.max(c);
@@ -290,6 +303,22 @@ impl GemmWorkspace {
         Ok(GemmWorkspace {
             partials: stream.alloc_zeros(partials)?,
             counters: stream.alloc_zeros(counters)?,
+        })
+    }
+
+    /// A workspace of explicit capacity: `scratch` int32 elements and `counters` tile counters
+    /// (both at least 1). A GEMM uses what fits: see [`GemmWorkspace::for_shapes`].
+    pub fn with_capacity(
+        stream: &Arc<CudaStream>,
+        scratch: usize,
+        counters: usize,
+    ) -> Result<Self> {
+        if !BUILT_WITH_CUDA {
+            return Err(Error::NotBuiltWithCuda);
+        }
+        Ok(GemmWorkspace {
+            partials: stream.alloc_zeros(scratch.max(1))?,
+            counters: stream.alloc_zeros(counters.max(1))?,
         })
     }
 

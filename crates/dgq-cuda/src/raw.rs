@@ -37,15 +37,19 @@ pub type Stream = sys::CUstream;
 /// need more runs without split-K instead.
 pub const WORKSPACE_COUNTERS: usize = 4096;
 
-/// Alignment a raw workspace must have (the kernels access it as 32-bit words).
+/// Alignment a raw workspace must have (the kernels access it as 32-bit words). The split-K
+/// fix-up reads the partial sums as 16-byte vectors, so a workspace that is not also 16-byte
+/// aligned runs without split-K (correct, but slower for small M).
 pub const WORKSPACE_ALIGN: usize = 4;
 
-// Tile shapes of the kernels in cuda/gemm.cu and cuda/gemm_wgmma.cuh (kDecodeRows, kWgBN,
-// kWgBM, kChunkK·kWgChunks), needed to size the workspace of a non-default configuration.
+// Tile shapes of the kernels in cuda/gemm.cu and cuda/gemm_ws.cuh (kDecodeRows, kWsBN, the
+// largest token tile, kChunkK·kWsChunks, the fewest stages per split), needed to size the
+// workspace of a non-default configuration.
 const DECODE_ROWS: usize = 64;
-const WG_BN: usize = 256;
-const WG_BM: usize = 128;
+const WG_BN: usize = 128;
+const WG_BM_MAX: usize = 256;
 const WG_BK: usize = 128;
+const WG_MIN_STAGES_PER_SPLIT: usize = 4;
 // Upper bound of resident decode CTAs (128 threads) per SM: 2048 threads per SM on sm_90.
 const DECODE_MAX_CTAS_PER_SM: usize = 16;
 
@@ -209,41 +213,69 @@ pub fn gemm_workspace_bytes(w: &PreparedDgqWeight, m: usize, cfg: &GemmConfig) -
         ));
     }
     crate::check_split_k(k, cfg)?;
-    let splits = preferred_split(m, n, k, w.num_sms().max(1) as usize, cfg);
-    if splits <= 1 {
+    let sms = w.num_sms().max(1) as usize;
+    // Automatic choices: the kernels' own sizing (split-K partials + permuted activations).
+    let auto_parts = match (cfg.kernel, cfg.split_k) {
+        (KernelChoice::Auto, None) => {
+            Some(ffi::workspace_len(m as i32, n as i32, k as i32, sms as i32).0)
+        }
+        (KernelChoice::Decode, None) if m <= 32 => {
+            Some(ffi::workspace_len(m as i32, n as i32, k as i32, sms as i32).0)
+        }
+        _ => None,
+    };
+    let scratch = match auto_parts {
+        Some(p) => p,
+        None => {
+            let splits = preferred_split(m, n, k, sms, cfg);
+            let parts = if splits > 1 {
+                // check_gemm_shape bounds M·max(N, K); the split is at most K / 64.
+                splits
+                    .checked_mul(m * n)
+                    .map(|p| p.div_ceil(64) * 64)
+                    .ok_or_else(|| Error::unsupported("workspace", "its size overflows"))?
+            } else {
+                0
+            };
+            // The wgmma kernel also keeps the activations in its shared-memory order there.
+            let wgmma = matches!(cfg.kernel, KernelChoice::Prefill) && n % WG_BN == 0;
+            let xp = if wgmma {
+                m.div_ceil(WG_BM_MAX) * WG_BM_MAX * k / 4
+            } else {
+                0
+            };
+            parts + xp
+        }
+    };
+    if scratch == 0 {
         return Ok(0);
     }
-    // check_gemm_shape bounds M·max(N, K); the split is at most K / 64.
-    splits
-        .checked_mul(m * n)
-        .and_then(|p| p.checked_add(WORKSPACE_COUNTERS))
+    scratch
+        .checked_add(WORKSPACE_COUNTERS)
         .and_then(|e| e.checked_mul(4))
         .ok_or_else(|| Error::unsupported("workspace", "its size overflows"))
 }
 
-/// An upper bound of the split-K factor the kernels would pick for this GEMM (1: none).
+/// An upper bound of the split-K factor the kernels would pick for a GEMM with a forced kernel
+/// or split (1: none).
 fn preferred_split(m: usize, n: usize, k: usize, sms: usize, cfg: &GemmConfig) -> usize {
     let kc = k / layout::CHUNK_K;
     let wgmma_ok = n % WG_BN == 0;
     match (cfg.kernel, cfg.split_k) {
         (KernelChoice::PrefillMma, _) => 1,
         (KernelChoice::Prefill, _) if !wgmma_ok => 1,
-        (KernelChoice::Auto, None) => {
-            let (parts, _) = ffi::workspace_len(m as i32, n as i32, k as i32, sms as i32);
-            parts.div_ceil(m * n).max(1)
-        }
-        // The automatic choice is the decode kernel for M ≤ 32, so its sizing is exact there.
-        (KernelChoice::Decode, None) if m <= 32 => {
-            let (parts, _) = ffi::workspace_len(m as i32, n as i32, k as i32, sms as i32);
-            parts.div_ceil(m * n).max(1)
-        }
+        // Sized by the kernels themselves in gemm_workspace_bytes.
+        (KernelChoice::Auto, None) => 1,
         (KernelChoice::Decode, None) => {
             let slots = sms * DECODE_MAX_CTAS_PER_SM;
             (slots / (n / DECODE_ROWS)).max(1).min((kc / 8).max(1))
         }
         (KernelChoice::Prefill, None) => {
-            let tiles = (n / WG_BN) * m.div_ceil(WG_BM);
-            (sms / tiles.max(1)).max(1).min((k / WG_BK / 8).max(1))
+            // Fewest tiles (the largest token tile) give an upper bound of the split.
+            let tiles = (n / WG_BN) * m.div_ceil(WG_BM_MAX);
+            (sms / tiles.max(1))
+                .max(1)
+                .min((k / WG_BK / WG_MIN_STAGES_PER_SPLIT).max(1))
         }
         (KernelChoice::Prefill, Some(s)) => (s as usize).min(k / WG_BK),
         (KernelChoice::Decode | KernelChoice::Auto, Some(s)) => (s as usize).min(kc),
@@ -520,14 +552,15 @@ mod tests {
     #[test]
     fn preferred_split_respects_kernel_limits() {
         let cfg = |kernel, split_k| GemmConfig { kernel, split_k };
-        // The mma.sync kernel never splits K; the wgmma one needs N % 256 == 0.
+        // The mma.sync kernel never splits K; the wgmma one takes any N % 128 == 0 and keeps
+        // at least 4 stages (K = 512) per split: 3 tiles, K = 4096 gives at most 8 splits.
         assert_eq!(
             preferred_split(7, 4096, 4096, 132, &cfg(KernelChoice::PrefillMma, Some(4))),
             1
         );
         assert_eq!(
             preferred_split(7, 384, 4096, 132, &cfg(KernelChoice::Prefill, None)),
-            1
+            8
         );
         // Explicit splits are capped by the K chunks each kernel splits over.
         assert_eq!(
@@ -538,10 +571,10 @@ mod tests {
             preferred_split(7, 4096, 256, 132, &cfg(KernelChoice::Prefill, Some(4))),
             2
         );
-        // Heuristic wgmma split: 16 tiles on 132 SMs, K = 8192 gives at most 8 splits.
+        // Heuristic wgmma split bound: 32 tiles of 128 channels on 132 SMs give 4 splits.
         assert_eq!(
             preferred_split(7, 4096, 8192, 132, &cfg(KernelChoice::Prefill, None)),
-            8
+            4
         );
         // Heuristic decode bound for 32 < M ≤ 64.
         assert_eq!(

@@ -85,15 +85,27 @@ fn check_i32(s: &Arc<CudaStream>, c: &mut Case, m: usize, seed: u64) {
             split_k: Some(3.min(k as u32 / 64)),
         });
     }
-    for cfg in cfgs {
+    // A workspace without room for scratch: the wgmma kernel then permutes the activations
+    // itself (and nothing splits K), a second code path that must match as well.
+    let mut tiny = GemmWorkspace::with_capacity(s, 1, 1).unwrap();
+    let prefill = GemmConfig {
+        kernel: KernelChoice::Prefill,
+        split_k: None,
+    };
+    let runs = cfgs
+        .into_iter()
+        .map(|c| (c, false))
+        .chain([(prefill, true)]);
+    for (cfg, small) in runs {
         // Poison so that unwritten outputs cannot pass.
         let mut out = s.clone_htod(&vec![0x7f7f_7f7fi32; m * n]).unwrap();
-        w4a8_gemm_i32(s, &xd, m, pw, &mut out, ws, &cfg).unwrap();
+        let w = if small { &mut tiny } else { &mut *ws };
+        w4a8_gemm_i32(s, &xd, m, pw, &mut out, w, &cfg).unwrap();
         let got = s.clone_dtoh(&out).unwrap();
         let bad = got.iter().zip(&want).position(|(a, b)| a != b);
         assert!(
             bad.is_none(),
-            "M={m} N={n} K={k} g={} {cfg:?}: first mismatch at {:?}: got {} want {}",
+            "M={m} N={n} K={k} g={} {cfg:?} small workspace {small}: first mismatch at {:?}: got {} want {}",
             c.group_size,
             bad.map(|i| (i / n, i % n)),
             got[bad.unwrap_or(0)],

@@ -361,7 +361,8 @@ fn main() -> AnyResult<()> {
             .map(|_| stream.clone_htod(&h8))
             .collect::<std::result::Result<_, _>>()?;
         drop(h8);
-        let mut ws = GemmWorkspace::for_shapes(&stream, &[(n, k)])?;
+        let max_m = ms.iter().copied().max().unwrap_or(1);
+        let mut ws = GemmWorkspace::for_shapes_up_to(&stream, &[(n, k)], max_m)?;
         eprintln!(
             "shape {n}x{k}: {nw} DGQ copies ({:.0} MB each), {nh} FP16, {n8} INT8; setup {:.1} s",
             dgq_w[0].gemm_bytes() as f64 / 1e6,

@@ -105,20 +105,21 @@ __device__ __forceinline__ void store_out(const GemmParams &p, int m, int n, int
 
 // Split-K fix-up run by the last CTA of a tile: sums the int32 partials of `split` K slices for
 // rows [m0, m0 + rows) × columns [n0, n0 + cols) (cols % 4 == 0; the workspace is 16-byte
-// aligned, which dispatch guarantees) and runs the epilogue. Four 16-byte vectors per thread
-// and a partly unrolled split loop keep up to 16 independent loads in flight: one load at a
-// time made this tail cost tens of microseconds at M = 128.
-template <int OUT>
+// aligned, which dispatch guarantees) and runs the epilogue. VEC 16-byte vectors per thread and
+// a partly unrolled split loop keep up to 4·VEC independent loads in flight: one load at a time
+// made this tail cost tens of microseconds at M = 128. (The decode kernel takes VEC = 1: more
+// registers there cost it resident CTAs.)
+template <int OUT, int VEC>
 __device__ __forceinline__ void splitk_reduce(const GemmParams &p, int split, int m0, int rows, int n0, int cols,
                                               int tid, int nthreads) {
   const size_t plane = static_cast<size_t>(p.m) * p.n;
   const int q = cols / 4;
   const int total = rows * q;
-  for (int base = tid; base < total; base += 4 * nthreads) {
-    int4 s[4];
-    const int4 *src[4];
+  for (int base = tid; base < total; base += VEC * nthreads) {
+    int4 s[VEC];
+    const int4 *src[VEC];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < VEC; ++j) {
       s[j] = make_int4(0, 0, 0, 0);
       const int idx = min(base + j * nthreads, total - 1);
       src[j] = reinterpret_cast<const int4 *>(p.ws_partials + static_cast<size_t>(m0 + idx / q) * p.n + n0 +
@@ -127,7 +128,7 @@ __device__ __forceinline__ void splitk_reduce(const GemmParams &p, int split, in
 #pragma unroll 4
     for (int ss = 0; ss < split; ++ss) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < VEC; ++j) {
         const int4 v = __ldcg(src[j] + ss * (plane / 4));
         s[j].x += v.x;
         s[j].y += v.y;
@@ -136,7 +137,7 @@ __device__ __forceinline__ void splitk_reduce(const GemmParams &p, int split, in
       }
     }
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < VEC; ++j) {
       const int idx = base + j * nthreads;
       if (idx < total) {
         const int m = m0 + idx / q, n = n0 + (idx % q) * 4;

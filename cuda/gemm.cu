@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "common.cuh"
 
@@ -62,6 +63,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
   for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
 
 
+  // Programmatic dependent launch: this grid may start while the previous kernel of the stream
+  // finishes; wait for it (its writes, e.g. the activations or this workspace) before reading.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
   constexpr int U = decode_unroll<NT>();
   for (int c = c_begin; c < c_end; c += U) {
     uint4 w[U];
@@ -93,6 +97,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
     }
   }
 
+  // The main loop is done: let the next kernel's CTAs launch into the slots this grid frees.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   const int n0 = rt * 16 + g;
   if (split == 1) {
 #pragma unroll
@@ -124,7 +130,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
   __syncthreads();
   if (!is_last) return;
   __threadfence();
-  splitk_reduce<OUT>(p, split, 0, p.m, rb * kDecodeRows, kDecodeRows, threadIdx.x, blockDim.x);
+  splitk_reduce<OUT, 1>(p, split, 0, p.m, rb * kDecodeRows, kDecodeRows, threadIdx.x, blockDim.x);
   if (threadIdx.x == 0) p.ws_counters[rb] = 0u;
 }
 
@@ -369,20 +375,35 @@ int launch_decode(const GemmParams &p, int split, cudaStream_t stream) {
   split = (kc + per - 1) / per;
   const dim3 grid(p.n / kDecodeRows, split);
   const dim3 block(kDecodeWarps * 32);
+  // Launched with programmatic stream serialization (PDL) so that its launch and ramp overlap
+  // the previous kernel's tail; DGQ_NO_PDL=1 turns that off.
+  static const bool pdl = getenv("DGQ_NO_PDL") == nullptr || getenv("DGQ_NO_PDL")[0] != '1';
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  cudaError_t e;
   switch (decode_nt(p.m)) {
     case 1:
-      decode_kernel<1, OUT><<<grid, block, 0, stream>>>(p, split, per);
+      e = cudaLaunchKernelEx(&cfg, decode_kernel<1, OUT>, p, split, per);
       break;
     case 2:
-      decode_kernel<2, OUT><<<grid, block, 0, stream>>>(p, split, per);
+      e = cudaLaunchKernelEx(&cfg, decode_kernel<2, OUT>, p, split, per);
       break;
     case 4:
-      decode_kernel<4, OUT><<<grid, block, 0, stream>>>(p, split, per);
+      e = cudaLaunchKernelEx(&cfg, decode_kernel<4, OUT>, p, split, per);
       break;
     default:
-      decode_kernel<8, OUT><<<grid, block, 0, stream>>>(p, split, per);
+      e = cudaLaunchKernelEx(&cfg, decode_kernel<8, OUT>, p, split, per);
       break;
   }
+  if (e != cudaSuccess) return static_cast<int>(e);
   return static_cast<int>(cudaGetLastError());
 }
 

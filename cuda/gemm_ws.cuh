@@ -318,7 +318,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
   consumer_sync();
   if (!is_last) return;
   __threadfence();
-  splitk_reduce<OUT>(p, split, m_base, min(BM, p.m - m_base), tile_n * kWsBN, kWsBN, tid, 256);
+  splitk_reduce<OUT, 4>(p, split, m_base, min(BM, p.m - m_base), tile_n * kWsBN, kWsBN, tid, 256);
   if (tid == 0) p.ws_counters[blockIdx.x] = 0u;
 }
 

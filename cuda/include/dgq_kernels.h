@@ -43,7 +43,7 @@ typedef enum DgqKernel {
   DGQ_KERNEL_AUTO = 0,
   /** Memory-bound split-K kernel (M <= 32). */
   DGQ_KERNEL_DECODE = 1,
-  /** Tiled tensor-core kernel (any M): Hopper wgmma when N % 256 == 0, else DGQ_KERNEL_PREFILL_MMA. */
+  /** Tiled tensor-core kernel (any M): warp-specialised Hopper wgmma (N % 128 == 0), else DGQ_KERNEL_PREFILL_MMA. */
   DGQ_KERNEL_PREFILL = 2,
   /** Tiled mma.sync kernel with a cp.async pipeline (any M). */
   DGQ_KERNEL_PREFILL_MMA = 3,

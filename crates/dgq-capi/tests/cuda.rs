@@ -184,7 +184,8 @@ fn random_acts(m: usize, k: usize, seed: u64) -> Vec<i8> {
 fn gemm_i32_is_bit_exact_with_caller_memory_and_stream() {
     let Some((_ctx, s)) = gpu() else { return };
     use dgq_cuda_kernel::*;
-    // N % 256 == 0 takes the wgmma kernel, N = 384 the mma.sync one; K spans several groups.
+    // Two wgmma tilings of N (2 and 3 tiles of 128 channels), group sizes 128 and 64; K spans
+    // several groups.
     let shapes = [(256usize, 1024usize, 128usize), (384, 512, 64)];
     let weights: Vec<_> = shapes
         .iter()

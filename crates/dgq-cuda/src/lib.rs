@@ -337,8 +337,8 @@ pub enum KernelChoice {
     Auto,
     /// The split-K decode kernel (M ≤ [`DECODE_MAX_M`]).
     Decode,
-    /// The tiled tensor-core kernel (any M): Hopper `wgmma` when N % 256 == 0, otherwise the
-    /// `mma.sync` kernel.
+    /// The tiled tensor-core kernel (any M): the warp-specialised Hopper `wgmma` kernel (every
+    /// supported N is a multiple of its 128-channel tile).
     Prefill,
     /// The tiled `mma.sync` kernel (any M).
     PrefillMma,

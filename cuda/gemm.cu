@@ -456,7 +456,7 @@ __global__ void xperm_kernel(const int8_t *__restrict__ x, int8_t *__restrict__ 
 }
 
 template <int BM, int OUT, bool PRE>
-int launch_ws_pre(const GemmParams &p, int split, cudaStream_t stream) {
+int launch_ws_pre(const GemmParams &p, int split, int num_sms, cudaStream_t stream) {
   using C = WsCfg<BM>;
   const cudaError_t e = cudaFuncSetAttribute(ws_kernel<BM, OUT, PRE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(C::kSmem));
@@ -465,28 +465,31 @@ int launch_ws_pre(const GemmParams &p, int split, cudaStream_t stream) {
   const int stages = p.k / (kChunkK * kWsChunks);
   const int per = (stages + split - 1) / split;
   split = (stages + per - 1) / per;
-  ws_kernel<BM, OUT, PRE><<<dim3(tiles, split), kWsThreads, C::kSmem, stream>>>(p, split, per);
+  // Persistent: one CTA per SM at most, looping over the (tile, split) items.
+  const int items = tiles * split;
+  const int grid = std::min(items, std::max(1, num_sms));
+  ws_kernel<BM, OUT, PRE><<<grid, kWsThreads, C::kSmem, stream>>>(p, split, per);
   return static_cast<int>(cudaGetLastError());
 }
 
 template <int BM, int OUT>
-int launch_ws(const GemmParams &p, int split, cudaStream_t stream) {
+int launch_ws(const GemmParams &p, int split, int num_sms, cudaStream_t stream) {
   if (p.xp != nullptr) {
     const size_t threads = static_cast<size_t>(p.m_pad) * (p.k / 64);
     xperm_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(p.x, const_cast<int8_t *>(p.xp),
                                                                                  p.m, p.k, p.m_pad);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return static_cast<int>(e);
-    return launch_ws_pre<BM, OUT, true>(p, split, stream);
+    return launch_ws_pre<BM, OUT, true>(p, split, num_sms, stream);
   }
-  return launch_ws_pre<BM, OUT, false>(p, split, stream);
+  return launch_ws_pre<BM, OUT, false>(p, split, num_sms, stream);
 }
 
 template <int OUT>
-int launch_wgmma(const GemmParams &p, int bm, int split, cudaStream_t stream) {
-  if (bm == 256) return launch_ws<256, OUT>(p, split, stream);
-  if (bm == 128) return launch_ws<128, OUT>(p, split, stream);
-  return launch_ws<64, OUT>(p, split, stream);
+int launch_wgmma(const GemmParams &p, int bm, int split, int num_sms, cudaStream_t stream) {
+  if (bm == 256) return launch_ws<256, OUT>(p, split, num_sms, stream);
+  if (bm == 128) return launch_ws<128, OUT>(p, split, num_sms, stream);
+  return launch_ws<64, OUT>(p, split, num_sms, stream);
 }
 
 template <int OUT>
@@ -532,7 +535,7 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
       q.xp = reinterpret_cast<const int8_t *>(a.ws_partials + part);
       q.m_pad = round_up_rows(a.m);
     }
-    return launch_wgmma<OUT>(q, bm, split, stream);
+    return launch_wgmma<OUT>(q, bm, split, num_sms, stream);
   }
   return launch_prefill<OUT>(p, num_sms, stream);
 }

@@ -101,6 +101,36 @@ __device__ __forceinline__ void wgmma_rs(int32_t (&d)[BM / 2], const uint32_t (&
 // grid.x: output tiles (grouped raster); grid.y: K splits. With split > 1 every CTA writes its
 // INT32 partial tile to the workspace and the last CTA of a tile (atomic ticket) reduces the
 // splits and runs the epilogue, then rearms the tile's counter.
+// Persistent: gridDim.x CTAs (at most one per SM) loop over the work items w = tile + tiles·s
+// (output tile in grouped raster order, K split s). The ring's slots and phases carry over from
+// one item to the next, so the producer loads the next item while the consumers run the
+// epilogue of the previous one. With split > 1 every item writes its INT32 partial tile to the
+// workspace and the last item of a tile (atomic ticket) reduces the splits and runs the
+// epilogue, then rearms the tile's counter.
+struct WsItem {
+  int tile, tile_n, m_base, rt0, kt_begin, kt_total, s;
+};
+
+template <int BM>
+__device__ __forceinline__ WsItem ws_item(const GemmParams &p, int w, int tiles, int stages_per_split) {
+  WsItem it;
+  const int tiles_n = p.n / kWsBN;
+  const int tiles_m = (p.m + BM - 1) / BM;
+  it.tile = w % tiles;
+  it.s = w / tiles;
+  const int in_group = kWsGroupM * tiles_n;
+  const int first_m = (it.tile / in_group) * kWsGroupM;
+  const int group_m = min(tiles_m - first_m, kWsGroupM);
+  const int tile_m = first_m + (it.tile % in_group) % group_m;
+  it.tile_n = (it.tile % in_group) / group_m;
+  it.m_base = tile_m * BM;
+  it.rt0 = it.tile_n * (kWsBN / 16);
+  const int kc = p.k / kChunkK;
+  it.kt_begin = it.s * stages_per_split;
+  it.kt_total = min(kc / kWsChunks, it.kt_begin + stages_per_split) - it.kt_begin;
+  return it;
+}
+
 template <int BM, int OUT, bool PRE>
 __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, const int split,
                                                            const int stages_per_split) {
@@ -111,29 +141,17 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
   const int tid = threadIdx.x, lane = tid & 31;
   const int wg = tid >> 7;
 
-  const int tiles_n = p.n / kWsBN;
-  const int tiles_m = (p.m + BM - 1) / BM;
-  const int pid = blockIdx.x;
-  const int in_group = kWsGroupM * tiles_n;
-  const int first_m = (pid / in_group) * kWsGroupM;
-  const int group_m = min(tiles_m - first_m, kWsGroupM);
-  const int tile_m = first_m + (pid % in_group) % group_m;
-  const int tile_n = (pid % in_group) / group_m;
-
+  const int tiles = (p.n / kWsBN) * ((p.m + BM - 1) / BM);
+  const int items = tiles * split;
   const int kc = p.k / kChunkK;
   const int ng = p.k / p.group_size;
-  const int kt_begin = blockIdx.y * stages_per_split;
-  const int kt_end = min(kc / kWsChunks, kt_begin + stages_per_split);
-  const int kt_total = kt_end - kt_begin;
-  const int rt0 = tile_n * (kWsBN / 16);
-  const int m_base = tile_m * BM;
 
   if (tid == 0) {
     for (int s = 0; s < C::kStages; ++s) {
       // The producer threads (transposing activations) + the expect_tx arrival; with
       // pre-permuted activations only the latter.
       mbar_init(full + s, PRE ? 1 : 128 + 1);
-      mbar_init(empty + s, 8);       // one per consumer warp
+      mbar_init(empty + s, 8);  // one per consumer warp
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -143,81 +161,86 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
     // ---------------------------------- producer ----------------------------------
     setmaxnreg_dec<kWsProducerRegs>();
     const int pt = tid - 256;
-    // Pieces pt + 128·i of the stage's 2·BM (token row r = piece / 2, 64-byte half h).
-    const int8_t *xsrc[C::kPieces];
-    int xbytes[C::kPieces], row[C::kPieces], half[C::kPieces];
-#pragma unroll
-    for (int i = 0; i < C::kPieces; ++i) {
-      const int piece = pt + 128 * i;
-      row[i] = piece >> 1;
-      half[i] = piece & 1;
-      const int m = m_base + row[i];
-      xbytes[i] = m < p.m ? 16 : 0;  // tokens past M are zero-filled
-      xsrc[i] = p.x + static_cast<size_t>(m < p.m ? m : 0) * p.k + static_cast<size_t>(kt_begin) * 128 + 64 * half[i];
-    }
-    // Thread 0 issues the stage's bulk copies in straight-line code (spread over a warp's
-    // lanes, the compiler serialises them through an elect loop).
-    const uint4 *wsrc = p.wq + static_cast<size_t>(rt0) * kc * 32 + static_cast<size_t>(kt_begin) * (kWsChunks * 32);
     const size_t wrow = static_cast<size_t>(kc) * 32;  // uint4 per row tile
+    int slot = 0, round = 0;  // of the next stage to load
+    int tslot = 0;            // of the next stage to transpose
+    for (int w = blockIdx.x; w < items; w += gridDim.x) {
+      const WsItem it = ws_item<BM>(p, w, tiles, stages_per_split);
+      // Pieces pt + 128·i of a stage's 2·BM (token row r = piece / 2, 64-byte half h).
+      const int8_t *xsrc[C::kPieces];
+      int xbytes[C::kPieces], row[C::kPieces], half[C::kPieces];
+#pragma unroll
+      for (int i = 0; i < C::kPieces; ++i) {
+        const int piece = pt + 128 * i;
+        row[i] = piece >> 1;
+        half[i] = piece & 1;
+        const int m = it.m_base + row[i];
+        xbytes[i] = m < p.m ? 16 : 0;  // tokens past M are zero-filled
+        xsrc[i] = p.x + static_cast<size_t>(m < p.m ? m : 0) * p.k + static_cast<size_t>(it.kt_begin) * 128 +
+                  64 * half[i];
+      }
+      // Thread 0 issues the stage's bulk copies in straight-line code (spread over a warp's
+      // lanes, the compiler serialises them through an elect loop).
+      const uint4 *wsrc =
+          p.wq + static_cast<size_t>(it.rt0) * kc * 32 + static_cast<size_t>(it.kt_begin) * (kWsChunks * 32);
 
-    int slot = 0, round = 0;          // of stage kt
-    int tslot = 0;                    // of stage kt - C::kLag
-    for (int kt = 0; kt < kt_total + (PRE ? 0 : C::kLag); ++kt) {
-      // First finish stage kt - C::kLag, so that its `full` arrival never waits behind the
-      // `empty` wait of a later stage.
-      if (!PRE && kt >= C::kLag) {
-        cp_async_wait<C::kLag - 1>();
-        uint4 *sx = smem + tslot * C::kStageU4;
+      for (int kt = 0; kt < it.kt_total + (PRE ? 0 : C::kLag); ++kt) {
+        // First finish stage kt - kLag, so that its `full` arrival never waits behind the
+        // `empty` wait of a later stage.
+        if (!PRE && kt >= C::kLag) {
+          cp_async_wait<C::kLag - 1>();
+          uint4 *sx = smem + tslot * C::kStageU4;
 #pragma unroll
-        for (int i = 0; i < C::kPieces; ++i) {
-          // Natural 16-byte chunk a sits at slot (4h + a) ^ (r % 8); the prepared order wants
-          // chunk j = word j of each natural chunk there: a 4×4 word transpose in place.
-          uint4 v[4];
-          int pos[4];
+          for (int i = 0; i < C::kPieces; ++i) {
+            // Natural 16-byte chunk a sits at slot (4h + a) ^ (r % 8); the prepared order wants
+            // chunk j = word j of each natural chunk there: a 4×4 word transpose in place.
+            uint4 v[4];
+            int pos[4];
 #pragma unroll
-          for (int a = 0; a < 4; ++a) {
-            pos[a] = row[i] * 8 + ((4 * half[i] + a) ^ (row[i] & 7));
-            v[a] = sx[pos[a]];
+            for (int a = 0; a < 4; ++a) {
+              pos[a] = row[i] * 8 + ((4 * half[i] + a) ^ (row[i] & 7));
+              v[a] = sx[pos[a]];
+            }
+            sx[pos[0]] = make_uint4(v[0].x, v[1].x, v[2].x, v[3].x);
+            sx[pos[1]] = make_uint4(v[0].y, v[1].y, v[2].y, v[3].y);
+            sx[pos[2]] = make_uint4(v[0].z, v[1].z, v[2].z, v[3].z);
+            sx[pos[3]] = make_uint4(v[0].w, v[1].w, v[2].w, v[3].w);
           }
-          sx[pos[0]] = make_uint4(v[0].x, v[1].x, v[2].x, v[3].x);
-          sx[pos[1]] = make_uint4(v[0].y, v[1].y, v[2].y, v[3].y);
-          sx[pos[2]] = make_uint4(v[0].z, v[1].z, v[2].z, v[3].z);
-          sx[pos[3]] = make_uint4(v[0].w, v[1].w, v[2].w, v[3].w);
+          fence_proxy_async();  // generic-proxy writes above -> wgmma's async-proxy reads
+          mbar_arrive(full + tslot);
+          if (++tslot == C::kStages) tslot = 0;
         }
-        fence_proxy_async();  // generic-proxy writes above -> wgmma's async-proxy reads
-        mbar_arrive(full + tslot);
-        if (++tslot == C::kStages) tslot = 0;
+        if (kt < it.kt_total) {
+          if (round > 0) mbar_wait(empty + slot, (round - 1) & 1);
+          uint4 *sx = smem + slot * C::kStageU4;
+          if (pt == 0) {
+            mbar_arrive_expect_tx(full + slot, C::kWU4 * 16 + (PRE ? C::kXU4 * 16 : 0));
+            if constexpr (PRE) {
+              // One copy: the stage's BM rows are contiguous in the pre-permuted activations.
+              bulk_copy_g2s(sx, p.xp + (static_cast<size_t>(it.kt_begin + kt) * p.m_pad + it.m_base) * 128,
+                            C::kXU4 * 16, full + slot);
+            }
+            const uint4 *ws = wsrc + static_cast<size_t>(kt) * (kWsChunks * 32);
+#pragma unroll
+            for (int r = 0; r < kWsBN / 16; ++r) {
+              bulk_copy_g2s(sx + C::kXU4 + r * (kWsChunks * 32), ws + r * wrow, kWsChunks * 32 * 16, full + slot);
+            }
+          }
+#pragma unroll
+          for (int i = 0; i < (PRE ? 0 : C::kPieces); ++i) {
+#pragma unroll
+            for (int a = 0; a < 4; ++a) {
+              const int pos = (4 * half[i] + a) ^ (row[i] & 7);
+              cp_async16(sx + row[i] * 8 + pos, xsrc[i] + static_cast<size_t>(kt) * 128 + 16 * a, xbytes[i]);
+            }
+          }
+          if (++slot == C::kStages) {
+            slot = 0;
+            ++round;
+          }
+        }
+        if constexpr (!PRE) cp_async_commit();
       }
-      if (kt < kt_total) {
-        if (round > 0) mbar_wait(empty + slot, (round - 1) & 1);
-        uint4 *sx = smem + slot * C::kStageU4;
-        if (pt == 0) {
-          mbar_arrive_expect_tx(full + slot, C::kWU4 * 16 + (PRE ? C::kXU4 * 16 : 0));
-          if constexpr (PRE) {
-            // One copy: the stage's BM rows are contiguous in the pre-permuted activations.
-            bulk_copy_g2s(sx, p.xp + (static_cast<size_t>(kt_begin + kt) * p.m_pad + m_base) * 128, C::kXU4 * 16,
-                          full + slot);
-          }
-          const uint4 *ws = wsrc + static_cast<size_t>(kt) * (kWsChunks * 32);
-#pragma unroll
-          for (int r = 0; r < kWsBN / 16; ++r) {
-            bulk_copy_g2s(sx + C::kXU4 + r * (kWsChunks * 32), ws + r * wrow, kWsChunks * 32 * 16, full + slot);
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < (PRE ? 0 : C::kPieces); ++i) {
-#pragma unroll
-          for (int a = 0; a < 4; ++a) {
-            const int pos = (4 * half[i] + a) ^ (row[i] & 7);
-            cp_async16(sx + row[i] * 8 + pos, xsrc[i] + static_cast<size_t>(kt) * 128 + 16 * a, xbytes[i]);
-          }
-        }
-        if (++slot == C::kStages) {
-          slot = 0;
-          ++round;
-        }
-      }
-      if constexpr (!PRE) cp_async_commit();
     }
     return;
   }
@@ -225,101 +248,109 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
   // ---------------------------------- consumers ----------------------------------
   setmaxnreg_inc<kWsConsumerRegs>();
   const int warp_in_wg = (tid >> 5) & 3;
-  const int g = lane >> 2;
+  const int g = lane >> 2, t = lane & 3;
   const int rtl = wg * 4 + warp_in_wg;  // this warp's 16-channel row tile within the CTA
-
-  int32_t acc[BM / 2];
-#pragma unroll
-  for (int i = 0; i < BM / 2; ++i) acc[i] = 0;
-
-  const uint32_t *meta_row = p.wmeta + static_cast<size_t>(rt0 + rtl) * ng * 8 + g;
-  // Group of the next chunk, tracked incrementally (no division in the loop).
-  int grp = (kt_begin * kWsChunks) / p.chunks_per_group;
-  int in_grp = (kt_begin * kWsChunks) % p.chunks_per_group;
+  __shared__ bool is_last;
 
   // Per 64-deep chunk: dequantize into that chunk's registers and issue its two wgmma. Four
   // chunk buffers (8 registers each) let three chunk groups stay in flight (wait<3>) while the
   // next chunk is dequantized; a stage's slot is released once its second chunk has retired.
   uint32_t a[4][2][4];
   int slot = 0, round = 0;
-  auto stage = [&](int kt, uint32_t(&a0)[2][4], uint32_t(&a1)[2][4]) {
-    uint32_t meta[kWsChunks];
-#pragma unroll
-    for (int c = 0; c < kWsChunks; ++c) {
-      meta[c] = __ldg(meta_row + static_cast<size_t>(grp) * 8);  // issued before the wait
-      if (++in_grp == p.chunks_per_group) {
-        in_grp = 0;
-        ++grp;
-      }
-    }
-    mbar_wait(full + slot, round & 1);
-    const uint4 *sx = smem + slot * C::kStageU4;
-    const uint4 *sw = sx + C::kXU4;
-#pragma unroll
-    for (int c = 0; c < kWsChunks; ++c) {
-      uint32_t(&ac)[2][4] = c == 0 ? a0 : a1;
-      dequant(sw[(rtl * kWsChunks + c) * 32 + lane], meta[c], ac);
-      wgmma_fence();
-#pragma unroll
-      for (int s = 0; s < 2; ++s) {
-        // k32 step j = 2c + s starts 32·j bytes into every (swizzled) 128-byte row.
-        wgmma_rs<BM>(acc, ac[s], smem_desc_sw128(reinterpret_cast<const char *>(sx) + 32 * (2 * c + s)));
-      }
-      wgmma_commit();
-      wgmma_wait<3>();
-      // Chunks up to 2·kt + c − 3 have retired: at c = 0 that completes stage kt − 2.
-      if (c == 0 && kt >= 2) {
-        __syncwarp();
-        if (lane == 0) mbar_arrive(empty + (slot >= 2 ? slot - 2 : slot + C::kStages - 2));
-      }
-    }
-    if (++slot == C::kStages) {
-      slot = 0;
-      ++round;
-    }
+  auto release = [&](int back) {  // the slot `back` stages before the next one
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty + (slot >= back ? slot - back : slot + C::kStages - back));
   };
-  int kt = 0;
-  for (; kt + 1 < kt_total; kt += 2) {
-    stage(kt, a[0], a[1]);
-    stage(kt + 1, a[2], a[3]);
-  }
-  if (kt < kt_total) stage(kt, a[0], a[1]);
-  wgmma_wait<0>();
+  for (int w = blockIdx.x; w < items; w += gridDim.x) {
+    const WsItem it = ws_item<BM>(p, w, tiles, stages_per_split);
+    int32_t acc[BM / 2];
+#pragma unroll
+    for (int i = 0; i < BM / 2; ++i) acc[i] = 0;
 
-  const int t = lane & 3;
-  const int n0 = (rt0 + rtl) * 16 + g;
-  if (split == 1) {
+    const uint32_t *meta_row = p.wmeta + static_cast<size_t>(it.rt0 + rtl) * ng * 8 + g;
+    // Group of the next chunk, tracked incrementally (no division in the loop).
+    int grp = (it.kt_begin * kWsChunks) / p.chunks_per_group;
+    int in_grp = (it.kt_begin * kWsChunks) % p.chunks_per_group;
+
+    auto stage = [&](int kt, uint32_t(&a0)[2][4], uint32_t(&a1)[2][4]) {
+      uint32_t meta[kWsChunks];
+#pragma unroll
+      for (int c = 0; c < kWsChunks; ++c) {
+        meta[c] = __ldg(meta_row + static_cast<size_t>(grp) * 8);  // issued before the wait
+        if (++in_grp == p.chunks_per_group) {
+          in_grp = 0;
+          ++grp;
+        }
+      }
+      mbar_wait(full + slot, round & 1);
+      const uint4 *sx = smem + slot * C::kStageU4;
+      const uint4 *sw = sx + C::kXU4;
+#pragma unroll
+      for (int c = 0; c < kWsChunks; ++c) {
+        uint32_t(&ac)[2][4] = c == 0 ? a0 : a1;
+        dequant(sw[(rtl * kWsChunks + c) * 32 + lane], meta[c], ac);
+        wgmma_fence();
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+          // k32 step j = 2c + s starts 32·j bytes into every (swizzled) 128-byte row.
+          wgmma_rs<BM>(acc, ac[s], smem_desc_sw128(reinterpret_cast<const char *>(sx) + 32 * (2 * c + s)));
+        }
+        wgmma_commit();
+        wgmma_wait<3>();
+        // Chunks up to 2·kt + c − 3 have retired: at c = 0 that completes stage kt − 2.
+        if (c == 0 && kt >= 2) release(2);
+      }
+      if (++slot == C::kStages) {
+        slot = 0;
+        ++round;
+      }
+    };
+    int kt = 0;
+    for (; kt + 1 < it.kt_total; kt += 2) {
+      stage(kt, a[0], a[1]);
+      stage(kt + 1, a[2], a[3]);
+    }
+    if (kt < it.kt_total) stage(kt, a[0], a[1]);
+    wgmma_wait<0>();
+    // The item's last two stages (or its only one) retire here.
+    if (it.kt_total >= 2) release(2);
+    release(1);
+
+    const int n0 = (it.rt0 + rtl) * 16 + g;
+    if (split == 1) {
+#pragma unroll
+      for (int i = 0; i < BM / 8; ++i) {
+        const int m0 = it.m_base + i * 8 + t * 2;
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int m = m0 + (r & 1), n = n0 + (r >> 1) * 8;
+          if (m < p.m) store_out<OUT>(p, m, n, acc[i * 4 + r]);
+        }
+      }
+      continue;
+    }
+
+    int32_t *part = p.ws_partials + static_cast<size_t>(it.s) * p.m * p.n;
 #pragma unroll
     for (int i = 0; i < BM / 8; ++i) {
-      const int m0 = m_base + i * 8 + t * 2;
+      const int m0 = it.m_base + i * 8 + t * 2;
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int m = m0 + (r & 1), n = n0 + (r >> 1) * 8;
-        if (m < p.m) store_out<OUT>(p, m, n, acc[i * 4 + r]);
+        if (m < p.m) part[static_cast<size_t>(m) * p.n + n] = acc[i * 4 + r];
       }
     }
-    return;
-  }
-
-  int32_t *part = p.ws_partials + static_cast<size_t>(blockIdx.y) * p.m * p.n;
-#pragma unroll
-  for (int i = 0; i < BM / 8; ++i) {
-    const int m0 = m_base + i * 8 + t * 2;
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int m = m0 + (r & 1), n = n0 + (r >> 1) * 8;
-      if (m < p.m) part[static_cast<size_t>(m) * p.n + n] = acc[i * 4 + r];
+    __threadfence();
+    consumer_sync();
+    if (tid == 0) is_last = atomicAdd(p.ws_counters + it.tile, 1u) == static_cast<unsigned>(split - 1);
+    consumer_sync();
+    if (is_last) {
+      __threadfence();
+      splitk_reduce<OUT, 4>(p, split, it.m_base, min(BM, p.m - it.m_base), it.tile_n * kWsBN, kWsBN, tid, 256);
+      if (tid == 0) p.ws_counters[it.tile] = 0u;
     }
+    consumer_sync();  // is_last is read by every consumer before the next item may rewrite it
   }
-  __threadfence();
-  consumer_sync();
-  __shared__ bool is_last;
-  if (tid == 0) is_last = atomicAdd(p.ws_counters + blockIdx.x, 1u) == static_cast<unsigned>(split - 1);
-  consumer_sync();
-  if (!is_last) return;
-  __threadfence();
-  splitk_reduce<OUT, 4>(p, split, m_base, min(BM, p.m - m_base), tile_n * kWsBN, kWsBN, tid, 256);
-  if (tid == 0) p.ws_counters[blockIdx.x] = 0u;
 }
 
 }  // namespace dgq

@@ -366,7 +366,7 @@ size_t xp_offset_i32(int m, int n, int split) {
 }
 
 // The auto choice takes the wgmma kernel for every M the decode kernel does not take.
-bool prefer_wgmma(int, int n, int, int) { return n % kWsBN == 0; }
+bool wgmma_fits(int n) { return n % kWsBN == 0; }
 
 template <int OUT>
 int launch_decode(const GemmParams &p, int split, cudaStream_t stream) {
@@ -511,8 +511,8 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
     }
     return launch_decode<OUT>(p, std::max(split, 1), stream);
   }
-  const bool wgmma = a.n % kWsBN == 0 && (a.kernel == DGQ_KERNEL_PREFILL ||
-                                          (a.kernel == DGQ_KERNEL_AUTO && prefer_wgmma(a.m, a.n, a.k, num_sms)));
+  const bool wgmma = wgmma_fits(a.n) && (a.kernel == DGQ_KERNEL_PREFILL ||
+                                          a.kernel == DGQ_KERNEL_AUTO);
   if (wgmma) {
     const int bm = ws_bm(a.m, a.n, num_sms);
     const int tiles = ws_tiles(a.m, a.n, num_sms);
@@ -551,7 +551,7 @@ extern "C" void dgq_w4a8_workspace_len(int32_t m, int32_t n, int32_t k, int32_t 
     const int split = decode_split(m, n, k, num_sms);
     if (split > 1) parts = static_cast<size_t>(split) * m * n;
     cnt = static_cast<size_t>(n / kDecodeRows);
-  } else if (prefer_wgmma(m, n, k, num_sms)) {
+  } else if (wgmma_fits(n)) {
     const int split = wgmma_split(m, n, k, num_sms);
     const size_t tiles = static_cast<size_t>(ws_tiles(m, n, num_sms));
     parts = xp_offset_i32(m, n, split) + xp_len_i32(m, k);

@@ -5,7 +5,7 @@
 //! header needs no CUDA headers; NULL means the legacy default stream. Device pointers are owned
 //! by the caller, must be allocated on the device the weight was uploaded to, and must stay valid
 //! until the work enqueued on `stream` has finished. Nothing synchronises the stream and nothing
-//! allocates in the GEMM or the quantizers; split-K scratch is an explicit workspace whose size
+//! allocates in the GEMM or the quantizers; GEMM scratch is an explicit workspace whose size
 //! `dgq_cuda_gemm_workspace_size` reports. Sizes of device buffers cannot be checked by the
 //! library: they are implied by the dimensions passed, as documented per function.
 //!
@@ -166,9 +166,12 @@ pub unsafe extern "C" fn dgq_cuda_weight_free(w: *mut dgq_cuda_weight) {
 }
 
 /// Bytes of device workspace with which `dgq_cuda_w4a8_gemm` runs `m` tokens with this weight
-/// and `config` (NULL: default) at its preferred split-K factor; 0 when that kernel does not
-/// split K. A smaller workspace (or none) also works, with a smaller split. The workspace must
-/// be 4-byte aligned and zeroed once before first use (every GEMM leaves it zeroed again); one
+/// and `config` (NULL: default) at its preferred split-K factor and, for the tiled kernel, with
+/// room for a copy of the activations in its shared-memory order (about `m`·K bytes); 0 when
+/// neither applies. A smaller workspace (or none) also works, with a smaller split and the
+/// activations permuted inside the kernel (slower). The workspace must be 4-byte aligned (16-byte
+/// alignment is needed for either use) and zeroed once before first use (every GEMM leaves it
+/// zeroed again); one
 /// workspace, sized for the largest query, may serve every weight and every `m` on one stream,
 /// but must not be used by two streams at once. Checks `m` and `config` as the GEMM does.
 ///

@@ -12,14 +12,16 @@
 //!   `s_x[m]·s1[n]` epilogue and optional bias; [`w4a8_gemm_i32`] returns the exact INT32
 //!   accumulators. u4 weights stay u4 in device memory and are expanded to int8 in registers
 //!   inside the main loop; the products run on INT8 tensor cores: `mma.sync` m16n8k32 in the
-//!   split-K decode kernel (M ≤ 64), `wgmma` m64n128k32 with the weights as the register
-//!   operand in the prefill kernel.
+//!   split-K decode kernel (M ≤ 64, launched with programmatic dependent launch; `DGQ_NO_PDL=1`
+//!   turns that off), `wgmma` m64n{64,128,256}k32 with the weights as the register operand in
+//!   the persistent, warp-specialised prefill kernel.
 //!
 //! - [`raw`]: the same operations on raw device addresses and a caller's `CUstream` (for the C
 //!   ABI), with the same checks, plus a workspace-size query and caller-provided workspace.
 //!
 //! Every launch is enqueued on the caller's stream; nothing synchronises and nothing allocates
-//! in the hot path (the split-K scratch is an explicit [`GemmWorkspace`]).
+//! in the hot path (split-K partial sums and the prefill kernel's copy of the activations live in
+//! an explicit [`GemmWorkspace`]).
 //!
 //! Supported shapes: any `M ≥ 1`; `N % 128 == 0`; `K % 128 == 0`; group size a multiple of 64
 //! dividing K. Anything else is a typed [`Error`] before launch. Built without nvcc, every call

@@ -41,7 +41,7 @@ typedef enum DgqOutKind {
 typedef enum DgqKernel {
   /** Decode kernel for small M (see auto_decode in gemm.cu), wgmma prefill kernel above. */
   DGQ_KERNEL_AUTO = 0,
-  /** Memory-bound split-K kernel (M <= 32). */
+  /** Memory-bound split-K kernel (M <= 64). */
   DGQ_KERNEL_DECODE = 1,
   /** Tiled tensor-core kernel (any M): warp-specialised Hopper wgmma (N % 128 == 0), else DGQ_KERNEL_PREFILL_MMA. */
   DGQ_KERNEL_PREFILL = 2,

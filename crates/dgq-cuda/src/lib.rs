@@ -333,7 +333,7 @@ impl GemmWorkspace {
 /// Which GEMM kernel to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KernelChoice {
-    /// Decode kernel for M ≤ 32, and for M ≤ [`DECODE_MAX_M`] when N has fewer 256-wide tiles
+    /// Decode kernel for M ≤ 32, and for M ≤ [`DECODE_MAX_M`] when N has fewer 256-channel blocks
     /// than half the SMs; tiled kernel otherwise.
     #[default]
     Auto,

@@ -6,7 +6,7 @@
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I../../../cuda -I../../../cuda/include \
 //     -o mb wgmma_consumer_microbench.cu
 //   ./mb
-// Result (2026-11-23, H100 80GB HBM3, two runs of two): RS 1957-1972 TOPS, SS 1943-1967,
+// Result (2026-11-23, H100 80GB HBM3, two sessions of two launches): RS 1957-1972 TOPS, SS 1943-1967,
 // RS+dequant 1909-1924, RS+dequant+ldg meta 1907-1945 (dense INT8 peak ≈ 1979).
 #include <cstdio>
 #include <cstdint>

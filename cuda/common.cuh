@@ -25,10 +25,14 @@ struct GemmParams {
   int chunks_per_group;  // group_size / 64
   int32_t *ws_partials;
   uint32_t *ws_counters;
-  // Activations already in the wgmma kernel's shared-memory order (see xperm_kernel), or null.
+  // Activations already in the wgmma kernel's shared-memory order (see xperm_kernel), or null;
+  // rows padded to xp_rows(m).
   const int8_t *xp;
-  int m_pad;
 };
+
+// Row count of the pre-permuted activations: M rounded up to the largest wgmma token tile.
+constexpr int kXpRows = 256;
+__host__ __device__ __forceinline__ int xp_rows(int m) { return (m + kXpRows - 1) / kXpRows * kXpRows; }
 
 // Four u4 codes (one per byte, 0..15) -> four int8 weights. No byte carries into the next:
 // q'·S2 + a = W_s8 + 128 ∈ [1, 255] for every valid weight (prepare() guarantees it), so one

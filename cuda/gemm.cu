@@ -356,11 +356,9 @@ int wgmma_split(int m, int n, int k, int num_sms) {
   return (stages + per - 1) / per;
 }
 
-constexpr int kXpRows = 256;  // m_pad multiple: the largest token tile
-int round_up_rows(int m) { return (m + kXpRows - 1) / kXpRows * kXpRows; }
 // Scratch (in int32 elements) of the pre-permuted activations, and where they start: after the
 // split-K partial sums, 256-byte aligned.
-size_t xp_len_i32(int m, int k) { return static_cast<size_t>(round_up_rows(m)) * k / 4; }
+size_t xp_len_i32(int m, int k) { return static_cast<size_t>(xp_rows(m)) * k / 4; }
 size_t xp_offset_i32(int m, int n, int split) {
   return split > 1 ? (static_cast<size_t>(split) * m * n + 63) / 64 * 64 : 0;
 }
@@ -430,11 +428,12 @@ int launch_prefill(const GemmParams &p, int num_sms, cudaStream_t stream) {
 }
 
 // Activations [M, K] row-major -> the wgmma kernel's shared-memory order, so that a stage's
-// BM × 128 K tile is one contiguous bulk copy: for 128-K stage kt, row r (of m_pad, zero past M)
-// at byte (kt·m_pad + r)·128, its 16-byte chunk c at chunk c ^ (r % 8) (the 128-byte swizzle)
+// BM × 128 K tile is one contiguous bulk copy: for 128-K stage kt, row r (of m_pad = xp_rows(M),
+// zero past M) at byte (kt·m_pad + r)·128, its 16-byte chunk c at chunk c ^ (r % 8) (the 128-byte swizzle)
 // holding the prepared K order (a 4×4 transpose of 4-byte words in every 64-byte chunk).
-__global__ void xperm_kernel(const int8_t *__restrict__ x, int8_t *__restrict__ xp, int m, int k, int m_pad) {
+__global__ void xperm_kernel(const int8_t *__restrict__ x, int8_t *__restrict__ xp, int m, int k) {
   const int hk = k / 64;
+  const int m_pad = xp_rows(m);
   const size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= static_cast<size_t>(m_pad) * hk) return;
   const int row = static_cast<int>(idx / hk), h = static_cast<int>(idx % hk);
@@ -475,9 +474,9 @@ int launch_ws_pre(const GemmParams &p, int split, int num_sms, cudaStream_t stre
 template <int BM, int OUT>
 int launch_ws(const GemmParams &p, int split, int num_sms, cudaStream_t stream) {
   if (p.xp != nullptr) {
-    const size_t threads = static_cast<size_t>(p.m_pad) * (p.k / 64);
+    const size_t threads = static_cast<size_t>(xp_rows(p.m)) * (p.k / 64);
     xperm_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(p.x, const_cast<int8_t *>(p.xp),
-                                                                                 p.m, p.k, p.m_pad);
+                                                                                 p.m, p.k);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return static_cast<int>(e);
     return launch_ws_pre<BM, OUT, true>(p, split, num_sms, stream);
@@ -533,7 +532,6 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
     const size_t need = part + xp_len_i32(a.m, a.k);
     if (a.ws_partials != nullptr && aligned(a.ws_partials, 16) && a.ws_partials_len >= need) {
       q.xp = reinterpret_cast<const int8_t *>(a.ws_partials + part);
-      q.m_pad = round_up_rows(a.m);
     }
     return launch_wgmma<OUT>(q, bm, split, num_sms, stream);
   }
@@ -593,7 +591,6 @@ extern "C" int dgq_w4a8_gemm(const DgqGemmArgs *a, void *stream) {
   p.ws_partials = a->ws_partials;
   p.ws_counters = a->ws_counters;
   p.xp = nullptr;
-  p.m_pad = 0;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (a->out_kind) {
     case DGQ_OUT_F16:

@@ -35,6 +35,7 @@ constexpr int kWsGroupM = 8;  // raster: 8 token tiles share each weight tile wh
 
 template <int BM>
 struct WsCfg {
+  static_assert(kXpRows % BM == 0, "a token tile never crosses the padded activation rows");
   static constexpr int kXU4 = BM * 8;                              // BM rows × 128 B
   static constexpr int kWU4 = (kWsBN / 16) * kWsChunks * 32;       // 8 row tiles × 1 KB
   static constexpr int kStageU4 = kXU4 + kWU4;                     // a multiple of 1 KB
@@ -217,7 +218,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
             mbar_arrive_expect_tx(full + slot, C::kWU4 * 16 + (PRE ? C::kXU4 * 16 : 0));
             if constexpr (PRE) {
               // One copy: the stage's BM rows are contiguous in the pre-permuted activations.
-              bulk_copy_g2s(sx, p.xp + (static_cast<size_t>(it.kt_begin + kt) * p.m_pad + it.m_base) * 128,
+              bulk_copy_g2s(sx, p.xp + (static_cast<size_t>(it.kt_begin + kt) * xp_rows(p.m) + it.m_base) * 128,
                             C::kXU4 * 16, full + slot);
             }
             const uint4 *ws = wsrc + static_cast<size_t>(kt) * (kWsChunks * 32);

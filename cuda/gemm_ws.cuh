@@ -44,6 +44,9 @@ struct WsCfg {
   static constexpr int kPieces = BM * 2 / 128;                     // (token, 64 B) pieces per producer thread
   // Stages of activation copies in flight per producer thread before it transposes them.
   static constexpr int kLag = 2;  // (2, 3 and 5 measured the same)
+  // Stages of meta words loaded ahead into the consumers' register ring (BM = 256 has no
+  // registers for four, and its stages are long enough for two).
+  static constexpr int kMetaAhead = BM == 256 ? 2 : 4;
 };
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p) {
@@ -269,20 +272,29 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
     for (int i = 0; i < BM / 2; ++i) acc[i] = 0;
 
     const uint32_t *meta_row = p.wmeta + static_cast<size_t>(it.rt0 + rtl) * ng * 8 + g;
-    // Group of the next chunk, tracked incrementally (no division in the loop).
+    // The (S2, a) meta words are loaded C::kMetaAhead stages before their use, into a register
+    // ring: loaded only just before the stage, their global-load latency was exposed once per
+    // stage (the stage's wgmma work at BM = 64 is far shorter than an L2 or HBM round trip).
+    // Group of the next chunk to load, tracked incrementally (no division in the loop).
     int grp = (it.kt_begin * kWsChunks) / p.chunks_per_group;
     int in_grp = (it.kt_begin * kWsChunks) % p.chunks_per_group;
-
-    auto stage = [&](int kt, uint32_t(&a0)[2][4], uint32_t(&a1)[2][4]) {
-      uint32_t meta[kWsChunks];
+    uint32_t mring[C::kMetaAhead][kWsChunks];
+    auto load_meta = [&](uint32_t(&m)[kWsChunks]) {
 #pragma unroll
       for (int c = 0; c < kWsChunks; ++c) {
-        meta[c] = __ldg(meta_row + static_cast<size_t>(grp) * 8);  // issued before the wait
+        m[c] = __ldg(meta_row + static_cast<size_t>(grp) * 8);
         if (++in_grp == p.chunks_per_group) {
           in_grp = 0;
           ++grp;
         }
       }
+    };
+#pragma unroll
+    for (int j = 0; j < C::kMetaAhead; ++j) {
+      if (j < it.kt_total) load_meta(mring[j]);
+    }
+
+    auto stage = [&](int kt, uint32_t(&a0)[2][4], uint32_t(&a1)[2][4], uint32_t(&meta)[kWsChunks]) {
       mbar_wait(full + slot, round & 1);
       const uint4 *sx = smem + slot * C::kStageU4;
       const uint4 *sw = sx + C::kXU4;
@@ -301,17 +313,31 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
         // Chunks up to 2·kt + c − 3 have retired: at c = 0 that completes stage kt − 2.
         if (c == 0 && kt >= 2) release(2);
       }
+      if (kt + C::kMetaAhead < it.kt_total) load_meta(meta);
       if (++slot == C::kStages) {
         slot = 0;
         ++round;
       }
     };
     int kt = 0;
-    for (; kt + 1 < it.kt_total; kt += 2) {
-      stage(kt, a[0], a[1]);
-      stage(kt + 1, a[2], a[3]);
+    if constexpr (C::kMetaAhead == 4) {
+      for (; kt + 3 < it.kt_total; kt += 4) {
+        stage(kt, a[0], a[1], mring[0]);
+        stage(kt + 1, a[2], a[3], mring[1]);
+        stage(kt + 2, a[0], a[1], mring[2]);
+        stage(kt + 3, a[2], a[3], mring[3]);
+      }
+      if (kt < it.kt_total) stage(kt, a[0], a[1], mring[0]);
+      if (kt + 1 < it.kt_total) stage(kt + 1, a[2], a[3], mring[1]);
+      if (kt + 2 < it.kt_total) stage(kt + 2, a[0], a[1], mring[2]);
+    } else {
+      static_assert(C::kMetaAhead == 2, "the loops unroll the meta ring by hand");
+      for (; kt + 1 < it.kt_total; kt += 2) {
+        stage(kt, a[0], a[1], mring[0]);
+        stage(kt + 1, a[2], a[3], mring[1]);
+      }
+      if (kt < it.kt_total) stage(kt, a[0], a[1], mring[0]);
     }
-    if (kt < it.kt_total) stage(kt, a[0], a[1]);
     wgmma_wait<0>();
     // The item's last two stages (or its only one) retire here.
     if (it.kt_total >= 2) release(2);
@@ -319,13 +345,31 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
 
     const int n0 = (it.rt0 + rtl) * 16 + g;
     if (split == 1) {
+      // This thread's two channels n0, n0 + 8; its rows in batches of 8 row pairs, each batch's
+      // factors loaded before its stores (see store_scaled).
+      const float s1v[2] = {col_scale<OUT>(p, n0), col_scale<OUT>(p, n0 + 8)};
+      const float bv[2] = {col_bias<OUT>(p, n0), col_bias<OUT>(p, n0 + 8)};
+      constexpr int kBatch = BM == 256 ? 4 : 8;
+      static_assert((BM / 8) % kBatch == 0, "whole batches of row pairs");
 #pragma unroll
-      for (int i = 0; i < BM / 8; ++i) {
-        const int m0 = it.m_base + i * 8 + t * 2;
+      for (int i0 = 0; i0 < BM / 8; i0 += kBatch) {
+        float sxv[kBatch][2];
 #pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const int m = m0 + (r & 1), n = n0 + (r >> 1) * 8;
-          if (m < p.m) store_out<OUT>(p, m, n, acc[i * 4 + r]);
+        for (int j = 0; j < kBatch; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int m = it.m_base + (i0 + j) * 8 + t * 2 + e;
+            sxv[j][e] = row_scale<OUT>(p, min(m, p.m - 1));
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kBatch; ++j) {
+          const int m0 = it.m_base + (i0 + j) * 8 + t * 2;
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const int m = m0 + (r & 1), n = n0 + (r >> 1) * 8;
+            if (m < p.m) store_scaled<OUT>(p, m, n, acc[(i0 + j) * 4 + r], sxv[j][r & 1], s1v[r >> 1], bv[r >> 1]);
+          }
         }
       }
       continue;

@@ -93,6 +93,17 @@ __device__ __forceinline__ void cp_async_wait() {
 // come in registers: callers load them in batches ahead of the stores (loaded next to each
 // store, every load waited behind the previous store — the compiler cannot prove they do not
 // alias — and the epilogue took a third of the prefill kernel's consumer time at M = 4096).
+// y = float(acc) · (sx · s1) (+ bias) as the 16 bits of an f16 / bf16 output.
+template <int OUT>
+__device__ __forceinline__ uint16_t scaled_bits(const GemmParams &p, int32_t acc, float sx, float s1, float bias) {
+  float y = __fmul_rn(__int2float_rn(acc), __fmul_rn(sx, s1));
+  if (p.bias != nullptr) y = __fadd_rn(y, bias);
+  if constexpr (OUT == DGQ_OUT_F16) {
+    return __half_as_ushort(__float2half_rn(y));
+  } else {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(y));
+  }
+}
 template <int OUT>
 __device__ __forceinline__ void store_scaled(const GemmParams &p, int m, int n, int32_t acc, float sx, float s1,
                                              float bias) {
@@ -100,13 +111,7 @@ __device__ __forceinline__ void store_scaled(const GemmParams &p, int m, int n, 
   if constexpr (OUT == DGQ_OUT_I32) {
     static_cast<int32_t *>(p.out)[idx] = acc;
   } else {
-    float y = __fmul_rn(__int2float_rn(acc), __fmul_rn(sx, s1));
-    if (p.bias != nullptr) y = __fadd_rn(y, bias);
-    if constexpr (OUT == DGQ_OUT_F16) {
-      static_cast<__half *>(p.out)[idx] = __float2half_rn(y);
-    } else {
-      static_cast<__nv_bfloat16 *>(p.out)[idx] = __float2bfloat16_rn(y);
-    }
+    static_cast<uint16_t *>(p.out)[idx] = scaled_bits<OUT>(p, acc, sx, s1, bias);
   }
 }
 // The epilogue factors of row m / column n (unused, and not read, for INT32 output).

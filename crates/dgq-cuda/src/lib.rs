@@ -12,9 +12,11 @@
 //!   `s_x[m]·s1[n]` epilogue and optional bias; [`w4a8_gemm_i32`] returns the exact INT32
 //!   accumulators. u4 weights stay u4 in device memory and are expanded to int8 in registers
 //!   inside the main loop; the products run on INT8 tensor cores: `mma.sync` m16n8k32 in the
-//!   split-K decode kernel (M ≤ 64, launched with programmatic dependent launch; `DGQ_NO_PDL=1`
-//!   turns that off), `wgmma` m64n{64,128,256}k32 with the weights as the register operand in
-//!   the persistent, warp-specialised prefill kernel.
+//!   split-K decode kernel (chosen for M ≤ 32; up to M = 64 on request), `wgmma`
+//!   m64n{64,128,256}k32 with the weights as the register operand in the persistent,
+//!   warp-specialised prefill kernel. Both are launched with programmatic dependent launch (their
+//!   launch overlaps the previous kernel's tail; they wait for it before touching memory);
+//!   `DGQ_NO_PDL=1` turns that off.
 //!
 //! - [`raw`]: the same operations on raw device addresses and a caller's `CUstream` (for the C
 //!   ABI), with the same checks, plus a workspace-size query and caller-provided workspace.

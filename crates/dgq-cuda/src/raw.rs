@@ -576,7 +576,7 @@ mod tests {
             preferred_split(7, 4096, 8192, 132, &cfg(KernelChoice::Prefill, None)),
             4
         );
-        // Heuristic decode bound for 32 < M ≤ 64.
+        // The decode kernel asked for at 32 < M ≤ 64: its heuristic split bound.
         assert_eq!(
             preferred_split(48, 4096, 4096, 132, &cfg(KernelChoice::Decode, None)),
             8

@@ -318,18 +318,29 @@ int decode_split(int m, int n, int k, int num_sms) {
   return (kc + per - 1) / per;
 }
 
-// Token tile of the wgmma kernel (measured on H100): the largest of 256 / 128 / 64 that does
-// not exceed M (rounded up to 64) and still gives ~90 % of the SMs an output tile — larger tiles
-// dequantize each weight for more tokens; otherwise 64, with split-K filling the SMs.
-// 4096² M = 256: 26 µs at 64 vs 29 / 38 at 128 / 256; 28672×8192 M = 128: 101 µs at 128 vs 159 at
-// 256; M = 4096: 2177 µs at 256 vs 2497 at 128.
+// Token tile of the wgmma kernel: the least rounds × relative stage cost, where a round is one
+// pass of output tiles over the SMs (one persistent CTA per SM) and a stage costs 0.9 / 1 / 1.5
+// at BM = 64 / 128 / 256 (fitted to H100 runs at M = 96–384, where the kernel is latency-bound
+// and rounds dominate: 11008×4096 M = 128 takes 24 µs at BM = 128, one round, vs 38 at 64, two;
+// 28672×8192 M = 192 112 µs at 256 vs 152 at 128 vs 203 at 64; 4096² M = 128 17.4 at 64 vs 21.6
+// at 128, both one round). BM = 128 only for M > 64, 256 only for M > 128 (padding tokens cost
+// full price: 28672×8192 M = 96 113 µs at 256 vs 80 at 128).
 int ws_bm(int m, int n, int num_sms) {
   const int tn = n / kWsBN;
-  const int want = (9 * std::max(1, num_sms) + 9) / 10;
-  for (const int bm : {256, 128}) {
-    if (bm <= (m + 63) / 64 * 64 && tn * ((m + bm - 1) / bm) >= want) return bm;
+  const int sms = std::max(1, num_sms);
+  int best = 64;
+  long best_cost = -1;
+  for (const int bm : {64, 128, 256}) {
+    if (bm > 64 && m <= bm / 2) break;
+    const long rounds = (static_cast<long>(tn) * ((m + bm - 1) / bm) + sms - 1) / sms;
+    const long cost = rounds * (bm == 64 ? 9 : bm == 128 ? 10 : 15);
+    // Ties over several rounds go to the larger tile (fewer dequantizations per token).
+    if (best_cost < 0 || cost < best_cost || (cost == best_cost && rounds > 1)) {
+      best = bm;
+      best_cost = cost;
+    }
   }
-  return 64;
+  return best;
 }
 
 int ws_tiles(int m, int n, int num_sms) {

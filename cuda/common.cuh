@@ -93,7 +93,7 @@ __device__ __forceinline__ void cp_async_wait() {
 // come in registers: callers load them in batches ahead of the stores (loaded next to each
 // store, every load waited behind the previous store — the compiler cannot prove they do not
 // alias — and the epilogue took a third of the prefill kernel's consumer time at M = 4096).
-// y = float(acc) · (sx · s1) (+ bias) as the 16 bits of an f16 / bf16 output.
+// scaled_bits: y as the 16 bits of an f16 / bf16 output.
 template <int OUT>
 __device__ __forceinline__ uint16_t scaled_bits(const GemmParams &p, int32_t acc, float sx, float s1, float bias) {
   float y = __fmul_rn(__int2float_rn(acc), __fmul_rn(sx, s1));

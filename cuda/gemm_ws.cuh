@@ -356,22 +356,20 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
       const float bv[2] = {col_bias<OUT>(p, n0), col_bias<OUT>(p, n0 + 8)};
       constexpr int kBatch = BM == 256 ? 4 : 8;
       constexpr int kBatches = BM / 8 / kBatch;
-      float sxv[kBatch][2];
-      auto load_sx = [&](int i0, float(&v)[kBatch][2]) {
-#pragma unroll
-        for (int j = 0; j < kBatch; ++j) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) v[j][e] = row_scale<OUT>(p, min(it.m_base + (i0 + j) * 8 + t * 2 + e, p.m - 1));
-        }
-      };
       // f16 / bf16 pairs: lanes g and g ^ 1 swap one value so that each writes two adjacent
       // channels of one row with a 4-byte store (even g: row m0, odd g: row m0 + 1).
       const bool pairs = OUT != DGQ_OUT_I32 && (reinterpret_cast<uintptr_t>(p.out) & 3) == 0;
       const bool odd = g & 1;
 #pragma unroll
       for (int b = 0; b < kBatches; ++b) {
-        load_sx(b * kBatch, sxv);
-        const float(&sx)[kBatch][2] = sxv;
+        float sx[kBatch][2];
+#pragma unroll
+        for (int j = 0; j < kBatch; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            sx[j][e] = row_scale<OUT>(p, min(it.m_base + (b * kBatch + j) * 8 + t * 2 + e, p.m - 1));
+          }
+        }
 #pragma unroll
         for (int j = 0; j < kBatch; ++j) {
           const int i = b * kBatch + j;

@@ -267,6 +267,57 @@ fn gemm_float_epilogue_is_bit_exact() {
                 );
             }
         }
+        if m < 33 {
+            continue;
+        }
+        // The wgmma kernel without split-K writes the epilogue itself: f16 channel pairs with
+        // 4-byte stores, or one value at a time when the output is only 2-byte aligned.
+        let want = ref_gemm_f32(&x, m, sx.clone(), &w, Some(&bias[..]));
+        let one_split = GemmConfig {
+            kernel: KernelChoice::Prefill,
+            split_k: Some(1),
+        };
+        for offset in [0usize, 1] {
+            let mut big = s.clone_htod(&vec![f16::NAN; m * n + 1]).unwrap();
+            let mut ov = big.slice_mut(offset..offset + m * n);
+            w4a8_gemm(
+                &s,
+                &xd,
+                m,
+                &pw,
+                ActScales::PerToken(&sxd),
+                Some(&bias_d),
+                &mut ov,
+                &mut ws,
+                &one_split,
+            )
+            .unwrap();
+            exact_check(
+                &format!("f16 M={m} split 1, output offset {offset}"),
+                &s.clone_dtoh(&big).unwrap()[offset..offset + m * n],
+                &want,
+                f16::from_f32,
+            );
+        }
+        let mut ob = s.clone_htod(&vec![bf16::NAN; m * n]).unwrap();
+        w4a8_gemm(
+            &s,
+            &xd,
+            m,
+            &pw,
+            ActScales::PerToken(&sxd),
+            Some(&bias_d),
+            &mut ob,
+            &mut ws,
+            &one_split,
+        )
+        .unwrap();
+        exact_check(
+            &format!("bf16 M={m} split 1"),
+            &s.clone_dtoh(&ob).unwrap(),
+            &want,
+            bf16::from_f32,
+        );
     }
 }
 

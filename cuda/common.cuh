@@ -25,14 +25,7 @@ struct GemmParams {
   int chunks_per_group;  // group_size / 64
   int32_t *ws_partials;
   uint32_t *ws_counters;
-  // Activations already in the wgmma kernel's shared-memory order (see xperm_kernel), or null;
-  // rows padded to xp_rows(m).
-  const int8_t *xp;
 };
-
-// Row count of the pre-permuted activations: M rounded up to the largest wgmma token tile.
-constexpr int kXpRows = 256;
-__host__ __device__ __forceinline__ int xp_rows(int m) { return (m + kXpRows - 1) / kXpRows * kXpRows; }
 
 // Four u4 codes (one per byte, 0..15) -> four int8 weights. No byte carries into the next:
 // q'·S2 + a = W_s8 + 128 ∈ [1, 255] for every valid weight (prepare() guarantees it), so one
@@ -56,6 +49,14 @@ __device__ __forceinline__ void dequant(const uint4 p, const uint32_t meta, uint
   a[0][3] = dq4((p.z >> 4) & 0x0f0f0f0fu, s_hi, a_hi);
   a[1][1] = dq4(p.w & 0x0f0f0f0fu, s_hi, a_hi);
   a[1][3] = dq4((p.w >> 4) & 0x0f0f0f0fu, s_hi, a_hi);
+}
+
+// The B fragments of one 64-deep chunk for lane t (t = lane % 4) of a token row: k-step 0 takes
+// k = 4t..4t+3 and 16+4t..16+4t+3, k-step 1 the same 32 further on (the prepared weights hold
+// the matching A fragments). `row_t` points at byte 4t of the chunk; 4-byte aligned.
+__device__ __forceinline__ uint4 ld_b_frags(const int8_t *row_t) {
+  const uint32_t *q = reinterpret_cast<const uint32_t *>(row_t);
+  return make_uint4(__ldg(q), __ldg(q + 4), __ldg(q + 8), __ldg(q + 12));
 }
 
 __device__ __forceinline__ void mma_s8(int32_t (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {

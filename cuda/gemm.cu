@@ -1,12 +1,14 @@
 // W4A8 GEMM: int8 activations [M, K] × prepared DGQ u4 weights [N, K] -> [M, N].
 //
 // Both kernels keep the weights as u4 in HBM and expand them to int8 in registers inside the
-// main loop (dq4: one IMAD + one XOR per four weights), then run INT8 mma.sync m16n8k32 with the
-// weights as the A operand (16 output channels) and the tokens as B (8 tokens). K is permuted
-// identically on both sides so every lane's operands come from one 16-byte load each: lane
-// (g, t) multiplies weight columns 16t..16t+15 of a 64-wide chunk with the same 16 bytes of
-// token g's row, which is exactly where the activation row already has them.
+// main loop (dq4: one IMAD + one XOR per four weights), then run INT8 tensor-core MMAs with the
+// weights as the A operand (output channels) and the tokens as B. The prepared weights give
+// every lane its A fragments of a 64-deep chunk in one 16-byte load, in the hardware's own K
+// order: the wgmma kernel takes the activations from shared memory exactly as TMA copies them,
+// and the mma.sync kernels gather each lane's B fragments as four 4-byte words (ld_b_frags).
 
+#include <cuda.h>
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -55,7 +57,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
   for (int nt = 0; nt < NT; ++nt) {
     const int m = nt * 8 + g;
     xvalid[nt] = m < p.m;
-    xrow[nt] = p.x + static_cast<size_t>(xvalid[nt] ? m : 0) * p.k + t * 16;
+    xrow[nt] = p.x + static_cast<size_t>(xvalid[nt] ? m : 0) * p.k + t * 4;
   }
 
   int32_t acc[NT][4];
@@ -81,7 +83,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         // Out-of-range chunks and padding tokens multiply zero activations.
-        xv[u][nt] = (ok && xvalid[nt]) ? __ldg(reinterpret_cast<const uint4 *>(xrow[nt] + static_cast<size_t>(cc) * kChunkK))
+        xv[u][nt] = (ok && xvalid[nt]) ? ld_b_frags(xrow[nt] + static_cast<size_t>(cc) * kChunkK)
                                        : make_uint4(0, 0, 0, 0);
       }
     }
@@ -239,7 +241,9 @@ __global__ void __launch_bounds__(kPfThreads, 2) prefill_kernel(const GemmParams
       }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        const uint4 xv = sx[(c * BM + warp_m * WM + nt * 8 + g) * 4 + t];
+        // B fragments: words t, 4 + t, 8 + t, 12 + t of the token's 64-byte chunk.
+        const uint32_t *xw = reinterpret_cast<const uint32_t *>(sx + (c * BM + warp_m * WM + nt * 8 + g) * 4) + t;
+        const uint4 xv = make_uint4(xw[0], xw[4], xw[8], xw[12]);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           mma_s8(acc[mt][nt], a[mt][0], xv.x, xv.y);
@@ -365,13 +369,6 @@ int wgmma_split(int m, int n, int k, int num_sms) {
   return (stages + per - 1) / per;
 }
 
-// Scratch (in int32 elements) of the pre-permuted activations, and where they start: after the
-// split-K partial sums, 256-byte aligned.
-size_t xp_len_i32(int m, int k) { return static_cast<size_t>(xp_rows(m)) * k / 4; }
-size_t xp_offset_i32(int m, int n, int split) {
-  return split > 1 ? (static_cast<size_t>(split) * m * n + 63) / 64 * 64 : 0;
-}
-
 // The auto choice takes the wgmma kernel for every M the decode kernel does not take.
 bool wgmma_fits(int n) { return n % kWsBN == 0; }
 
@@ -448,42 +445,47 @@ int launch_prefill(const GemmParams &p, int num_sms, cudaStream_t stream) {
   return launch_prefill_bm<32, OUT>(p, stream);
 }
 
-// Activations [M, K] row-major -> the wgmma kernel's shared-memory order, so that a stage's
-// BM × 128 K tile is one contiguous bulk copy: for 128-K stage kt, row r (of m_pad = xp_rows(M),
-// zero past M) at byte (kt·m_pad + r)·128, its 16-byte chunk c at chunk c ^ (r % 8) (the 128-byte swizzle)
-// holding the prepared K order (a 4×4 transpose of 4-byte words in every 64-byte chunk).
-__global__ void xperm_kernel(const int8_t *__restrict__ x, int8_t *__restrict__ xp, int m, int k) {
-  // Launched with PDL (see launch_ws): wait for the previous kernel before reading or writing,
-  // then let the GEMM launch and run its prologue while this short pass finishes.
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  const int hk = k / 64;
-  const int m_pad = xp_rows(m);
-  const size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= static_cast<size_t>(m_pad) * hk) return;
-  const int row = static_cast<int>(idx / hk), h = static_cast<int>(idx % hk);
-  uint4 v[4];
-  if (row < m) {
-    const uint4 *src = reinterpret_cast<const uint4 *>(x + static_cast<size_t>(row) * k + h * 64);
-#pragma unroll
-    for (int a = 0; a < 4; ++a) v[a] = __ldg(src + a);
-  } else {
-#pragma unroll
-    for (int a = 0; a < 4; ++a) v[a] = make_uint4(0, 0, 0, 0);
-  }
-  uint4 *dst = reinterpret_cast<uint4 *>(xp + (static_cast<size_t>(h >> 1) * m_pad + row) * 128);
-  const int base = 4 * (h & 1), sw = row & 7;
-  dst[(base + 0) ^ sw] = make_uint4(v[0].x, v[1].x, v[2].x, v[3].x);
-  dst[(base + 1) ^ sw] = make_uint4(v[0].y, v[1].y, v[2].y, v[3].y);
-  dst[(base + 2) ^ sw] = make_uint4(v[0].z, v[1].z, v[2].z, v[3].z);
-  dst[(base + 3) ^ sw] = make_uint4(v[0].w, v[1].w, v[2].w, v[3].w);
+// cuTensorMapEncodeTiled from the driver, through the runtime's entry-point query (cudart is
+// linked statically; the driver library is whatever the process has loaded).
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void *f = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) !=
+            cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      f = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
 }
 
-template <int BM, int OUT, bool PRE>
-int launch_ws_pre(const GemmParams &p, int split, int num_sms, cudaStream_t stream) {
+// The wgmma kernel's view of the activations: int8 [M, K] row-major, boxes of 128 bytes of K ×
+// BM rows in the 128-byte swizzle its B descriptors expect; rows past M read as zero.
+template <int BM>
+cudaError_t activation_tensor_map(const GemmParams &p, CUtensorMap *map) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(p.m)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(p.k)};  // bytes, of dimension 1
+  const cuuint32_t box[2] = {128, static_cast<cuuint32_t>(BM)};
+  const cuuint32_t elem[2] = {1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<int8_t *>(p.x), dims, strides, box, elem,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+template <int BM, int OUT>
+int launch_ws(const GemmParams &p, int split, int num_sms, cudaStream_t stream) {
   using C = WsCfg<BM>;
-  const cudaError_t e = cudaFuncSetAttribute(ws_kernel<BM, OUT, PRE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(C::kSmem));
+  CUtensorMap tmap;
+  const cudaError_t te = activation_tensor_map<BM>(p, &tmap);
+  if (te != cudaSuccess) return static_cast<int>(te);
+  const cudaError_t e =
+      cudaFuncSetAttribute(ws_kernel<BM, OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::kSmem));
   if (e != cudaSuccess) return static_cast<int>(e);
   const int tiles = (p.n / kWsBN) * ((p.m + BM - 1) / BM);
   const int stages = p.k / (kChunkK * kWsChunks);
@@ -493,21 +495,9 @@ int launch_ws_pre(const GemmParams &p, int split, int num_sms, cudaStream_t stre
   const int items = tiles * split;
   const int grid = std::min(items, std::max(1, num_sms));
   PdlLaunch l(dim3(grid), dim3(kWsThreads), C::kSmem, stream);
-  const cudaError_t le = cudaLaunchKernelEx(&l.cfg, ws_kernel<BM, OUT, PRE>, p, split, per);
+  const cudaError_t le = cudaLaunchKernelEx(&l.cfg, ws_kernel<BM, OUT>, p, tmap, split, per);
   if (le != cudaSuccess) return static_cast<int>(le);
   return static_cast<int>(cudaGetLastError());
-}
-
-template <int BM, int OUT>
-int launch_ws(const GemmParams &p, int split, int num_sms, cudaStream_t stream) {
-  if (p.xp != nullptr) {
-    const size_t threads = static_cast<size_t>(xp_rows(p.m)) * (p.k / 64);
-    PdlLaunch l(dim3(static_cast<unsigned>((threads + 255) / 256)), dim3(256), 0, stream);
-    const cudaError_t e = cudaLaunchKernelEx(&l.cfg, xperm_kernel, p.x, const_cast<int8_t *>(p.xp), p.m, p.k);
-    if (e != cudaSuccess) return static_cast<int>(e);
-    return launch_ws_pre<BM, OUT, true>(p, split, num_sms, stream);
-  }
-  return launch_ws_pre<BM, OUT, false>(p, split, num_sms, stream);
 }
 
 template <int OUT>
@@ -551,15 +541,7 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
       if (a.ws_counters == nullptr || a.ws_counters_len < static_cast<size_t>(tiles)) split = 1;
       split = static_cast<int>(std::min<size_t>(split, std::max<size_t>(fit, 1)));
     }
-    split = std::max(split, 1);
-    // Pre-permuted activations when the workspace also holds them, after the partial sums.
-    GemmParams q = p;
-    const size_t part = xp_offset_i32(a.m, a.n, split);
-    const size_t need = part + xp_len_i32(a.m, a.k);
-    if (a.ws_partials != nullptr && aligned(a.ws_partials, 16) && a.ws_partials_len >= need) {
-      q.xp = reinterpret_cast<const int8_t *>(a.ws_partials + part);
-    }
-    return launch_wgmma<OUT>(q, bm, split, num_sms, stream);
+    return launch_wgmma<OUT>(p, bm, std::max(split, 1), num_sms, stream);
   }
   return launch_prefill<OUT>(p, num_sms, stream);
 }
@@ -578,8 +560,10 @@ extern "C" void dgq_w4a8_workspace_len(int32_t m, int32_t n, int32_t k, int32_t 
   } else if (wgmma_fits(n)) {
     const int split = wgmma_split(m, n, k, num_sms);
     const size_t tiles = static_cast<size_t>(ws_tiles(m, n, num_sms));
-    parts = xp_offset_i32(m, n, split) + xp_len_i32(m, k);
-    if (split > 1) cnt = tiles;
+    if (split > 1) {
+      parts = static_cast<size_t>(split) * m * n;
+      cnt = tiles;
+    }
   }
   if (partials != nullptr) *partials = parts;
   if (counters != nullptr) *counters = cnt;
@@ -616,7 +600,6 @@ extern "C" int dgq_w4a8_gemm(const DgqGemmArgs *a, void *stream) {
   p.chunks_per_group = a->group_size / kChunkK;
   p.ws_partials = a->ws_partials;
   p.ws_counters = a->ws_counters;
-  p.xp = nullptr;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (a->out_kind) {
     case DGQ_OUT_F16:

@@ -9,18 +9,19 @@
 // (A stand-alone loop of exactly this consumer work — LDS, meta __ldg, dequant, RS wgmma — runs
 // at 1920 TOPS on the H100, so the consumer side is not what limits the kernel.)
 //
-// Producer, per stage: thread 0 arms the stage's `full` barrier with the byte count and issues
-// one 1 KB bulk copy per 16-channel row tile (cp.async.bulk; the prepared weights of a row tile
-// are contiguous over the stage's 128 K) and, when PRE, one bulk copy of the activations, which
-// xperm_kernel has already put in this kernel's shared-memory order (128-byte swizzle, prepared
-// K permutation) in the workspace. Without that scratch (PRE = false) the producer threads
-// cp.async their (token, 64-byte) pieces in 16-byte units into the swizzled slots, wait for them
-// kLag stages later, transpose the 4-byte words in place and arrive after a proxy fence — correct
-// but 1.6× slower at M = 4096 (ncu, 28672×8192: 3.97 vs 2.44 ms). Consumers arrive on `empty`
-// once the wgmma of a stage has retired. The (S2, a) meta words are read with __ldg issued before
-// the consumers wait for the stage: bulk-copying them into the stage (16 copies of 32 B) made the
-// kernel 1.36× slower.
+// Producer, per stage: one thread arms the stage's `full` barrier with the byte count, loads the
+// BM × 128-byte activation tile with one TMA copy (2-D tensor map over the caller's int8 [M, K],
+// 128-byte swizzle, rows past M zero-filled) and issues one 1 KB bulk copy per 16-channel row
+// tile (cp.async.bulk; the prepared weights of a row tile are contiguous over the stage's
+// 128 K). The prepared weights hold each lane's A fragments in the hardware's own K order, so
+// the activations need no permutation (until h100-v8 they were permuted by a separate kernel
+// into a workspace copy: 2·M·K bytes of extra traffic and one more launch per GEMM).
+// Consumers arrive on `empty` once the wgmma of a stage has retired. The (S2, a) meta words are
+// read with __ldg issued stages ahead of their use: bulk-copying them into the stage (16 copies
+// of 32 B) made the kernel 1.36× slower.
 #pragma once
+
+#include <cuda.h>  // CUtensorMap
 
 #include "gemm_wgmma.cuh"
 
@@ -35,15 +36,11 @@ constexpr int kWsGroupM = 8;  // raster: 8 token tiles share each weight tile wh
 
 template <int BM>
 struct WsCfg {
-  static_assert(kXpRows % BM == 0, "a token tile never crosses the padded activation rows");
   static constexpr int kXU4 = BM * 8;                              // BM rows × 128 B
   static constexpr int kWU4 = (kWsBN / 16) * kWsChunks * 32;       // 8 row tiles × 1 KB
   static constexpr int kStageU4 = kXU4 + kWU4;                     // a multiple of 1 KB
   static constexpr int kStages = BM == 256 ? 5 : 8;                // ≤ 200 KB of ring (more measured the same)
   static constexpr size_t kSmem = static_cast<size_t>(kStages) * kStageU4 * 16 + 2 * kStages * 8;
-  static constexpr int kPieces = BM * 2 / 128;                     // (token, 64 B) pieces per producer thread
-  // Stages of activation copies in flight per producer thread before it transposes them.
-  static constexpr int kLag = 2;  // (2, 3 and 5 measured the same)
   // Stages of meta words loaded ahead into the consumers' register ring (BM = 256 has no
   // registers for four, and its stages are long enough for two).
   static constexpr int kMetaAhead = BM == 256 ? 2 : 4;
@@ -78,6 +75,14 @@ __device__ __forceinline__ void bulk_copy_g2s(void *dst, const void *src, uint32
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
           smem_u32(dst)),
       "l"(src), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+}
+// TMA: box {128 bytes of K at k0, BM rows at row0} of a 2-D tensor map -> shared memory.
+__device__ __forceinline__ void tma_load_2d(void *dst, const CUtensorMap *map, int k0, int row0, uint64_t *bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(k0), "r"(row0), "r"(smem_u32(bar))
       : "memory");
 }
 template <int R>
@@ -135,9 +140,9 @@ __device__ __forceinline__ WsItem ws_item(const GemmParams &p, int w, int tiles,
   return it;
 }
 
-template <int BM, int OUT, bool PRE>
-__global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, const int split,
-                                                           const int stages_per_split) {
+template <int BM, int OUT>
+__global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, const __grid_constant__ CUtensorMap tmap_x,
+                                                           const int split, const int stages_per_split) {
   using C = WsCfg<BM>;
   extern __shared__ __align__(1024) uint4 smem[];
   uint64_t *full = reinterpret_cast<uint64_t *>(smem + C::kStages * C::kStageU4);
@@ -152,9 +157,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
 
   if (tid == 0) {
     for (int s = 0; s < C::kStages; ++s) {
-      // The producer threads (transposing activations) + the expect_tx arrival; with
-      // pre-permuted activations only the latter.
-      mbar_init(full + s, PRE ? 1 : 128 + 1);
+      mbar_init(full + s, 1);  // the producer's expect_tx arrival
       mbar_init(empty + s, 8);  // one per consumer warp
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -167,90 +170,34 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
   if (wg == 2) {
     // ---------------------------------- producer ----------------------------------
     setmaxnreg_dec<kWsProducerRegs>();
-    const int pt = tid - 256;
+    if (tid != 256) return;
+    // One thread issues every copy in straight-line code (spread over a warp's lanes, the
+    // compiler serialises bulk copies through an elect loop anyway).
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tmap_x)) : "memory");
     const size_t wrow = static_cast<size_t>(kc) * 32;  // uint4 per row tile
     int slot = 0, round = 0;  // of the next stage to load
-    int tslot = 0;            // of the next stage to transpose
     for (int w = blockIdx.x; w < items; w += gridDim.x) {
       const WsItem it = ws_item<BM>(p, w, tiles, stages_per_split);
-      // Pieces pt + 128·i of a stage's 2·BM (token row r = piece / 2, 64-byte half h).
-      const int8_t *xsrc[C::kPieces];
-      int xbytes[C::kPieces], row[C::kPieces], half[C::kPieces];
-#pragma unroll
-      for (int i = 0; i < C::kPieces; ++i) {
-        const int piece = pt + 128 * i;
-        row[i] = piece >> 1;
-        half[i] = piece & 1;
-        const int m = it.m_base + row[i];
-        xbytes[i] = m < p.m ? 16 : 0;  // tokens past M are zero-filled
-        xsrc[i] = p.x + static_cast<size_t>(m < p.m ? m : 0) * p.k + static_cast<size_t>(it.kt_begin) * 128 +
-                  64 * half[i];
-      }
-      // Thread 0 issues the stage's bulk copies in straight-line code (spread over a warp's
-      // lanes, the compiler serialises them through an elect loop).
       const uint4 *wsrc =
           p.wq + static_cast<size_t>(it.rt0) * kc * 32 + static_cast<size_t>(it.kt_begin) * (kWsChunks * 32);
-
-      for (int kt = 0; kt < it.kt_total + (PRE ? 0 : C::kLag); ++kt) {
-        // First finish stage kt - kLag, so that its `full` arrival never waits behind the
-        // `empty` wait of a later stage.
-        if (!PRE && kt >= C::kLag) {
-          cp_async_wait<C::kLag - 1>();
-          uint4 *sx = smem + tslot * C::kStageU4;
+      for (int kt = 0; kt < it.kt_total; ++kt) {
+        if (round > 0) mbar_wait(empty + slot, (round - 1) & 1);
+        uint4 *sx = smem + slot * C::kStageU4;
+        // The TMA box counts in full even where its rows lie past M (zero-filled).
+        mbar_arrive_expect_tx(full + slot, (C::kWU4 + C::kXU4) * 16);
+        tma_load_2d(sx, &tmap_x, (it.kt_begin + kt) * 128, it.m_base, full + slot);
+        const uint4 *ws = wsrc + static_cast<size_t>(kt) * (kWsChunks * 32);
 #pragma unroll
-          for (int i = 0; i < C::kPieces; ++i) {
-            // Natural 16-byte chunk a sits at slot (4h + a) ^ (r % 8); the prepared order wants
-            // chunk j = word j of each natural chunk there: a 4×4 word transpose in place.
-            uint4 v[4];
-            int pos[4];
-#pragma unroll
-            for (int a = 0; a < 4; ++a) {
-              pos[a] = row[i] * 8 + ((4 * half[i] + a) ^ (row[i] & 7));
-              v[a] = sx[pos[a]];
-            }
-            sx[pos[0]] = make_uint4(v[0].x, v[1].x, v[2].x, v[3].x);
-            sx[pos[1]] = make_uint4(v[0].y, v[1].y, v[2].y, v[3].y);
-            sx[pos[2]] = make_uint4(v[0].z, v[1].z, v[2].z, v[3].z);
-            sx[pos[3]] = make_uint4(v[0].w, v[1].w, v[2].w, v[3].w);
-          }
-          fence_proxy_async();  // generic-proxy writes above -> wgmma's async-proxy reads
-          mbar_arrive(full + tslot);
-          if (++tslot == C::kStages) tslot = 0;
+        for (int r = 0; r < kWsBN / 16; ++r) {
+          bulk_copy_g2s(sx + C::kXU4 + r * (kWsChunks * 32), ws + r * wrow, kWsChunks * 32 * 16, full + slot);
         }
-        if (kt < it.kt_total) {
-          if (round > 0) mbar_wait(empty + slot, (round - 1) & 1);
-          uint4 *sx = smem + slot * C::kStageU4;
-          if (pt == 0) {
-            mbar_arrive_expect_tx(full + slot, C::kWU4 * 16 + (PRE ? C::kXU4 * 16 : 0));
-            if constexpr (PRE) {
-              // One copy: the stage's BM rows are contiguous in the pre-permuted activations.
-              bulk_copy_g2s(sx, p.xp + (static_cast<size_t>(it.kt_begin + kt) * xp_rows(p.m) + it.m_base) * 128,
-                            C::kXU4 * 16, full + slot);
-            }
-            const uint4 *ws = wsrc + static_cast<size_t>(kt) * (kWsChunks * 32);
-#pragma unroll
-            for (int r = 0; r < kWsBN / 16; ++r) {
-              bulk_copy_g2s(sx + C::kXU4 + r * (kWsChunks * 32), ws + r * wrow, kWsChunks * 32 * 16, full + slot);
-            }
-          }
-#pragma unroll
-          for (int i = 0; i < (PRE ? 0 : C::kPieces); ++i) {
-#pragma unroll
-            for (int a = 0; a < 4; ++a) {
-              const int pos = (4 * half[i] + a) ^ (row[i] & 7);
-              cp_async16(sx + row[i] * 8 + pos, xsrc[i] + static_cast<size_t>(kt) * 128 + 16 * a, xbytes[i]);
-            }
-          }
-          if (++slot == C::kStages) {
-            slot = 0;
-            ++round;
-          }
+        if (++slot == C::kStages) {
+          slot = 0;
+          ++round;
         }
-        if constexpr (!PRE) cp_async_commit();
       }
     }
-    // No early griddepcontrol.launch_dependents: the next GEMM's activation permutation,
-    // launched early, measured slower (4096² M = 64: 19.3 vs 16.7 µs) — it only takes SMs.
+    // No early griddepcontrol.launch_dependents: measured slower (4096² M = 64: 19.3 vs 16.7 µs).
     return;
   }
 

@@ -214,7 +214,7 @@ pub fn gemm_workspace_bytes(w: &PreparedDgqWeight, m: usize, cfg: &GemmConfig) -
     }
     crate::check_split_k(k, cfg)?;
     let sms = w.num_sms().max(1) as usize;
-    // Automatic choices: the kernels' own sizing (split-K partials + permuted activations).
+    // Automatic choices: the kernels' own sizing of the split-K partials.
     let auto_parts = match (cfg.kernel, cfg.split_k) {
         (KernelChoice::Auto, None) => {
             Some(ffi::workspace_len(m as i32, n as i32, k as i32, sms as i32).0)

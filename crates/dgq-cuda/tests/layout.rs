@@ -46,7 +46,7 @@ fn prepare_is_a_bijection() {
 
 #[test]
 fn fragment_order_matches_the_documented_map() {
-    // Row 16r+g+8·(j/2), column 64c + 16t + 8(j%2) + 4(i%2) + i/2 sits in nibble i of word j.
+    // Row 16r+g+8·(j/2), column 64c + 32(j%2) + 16(i%2) + 4t + i/2 sits in nibble i of word j.
     let w = random_weight(128, 256, 128, 5);
     let p = prepare_host(&w).unwrap();
     let kc = 256 / 64;
@@ -58,7 +58,7 @@ fn fragment_order_matches_the_documented_map() {
     ] {
         let (g, t) = (lane / 4, lane % 4);
         let row = rt * 16 + g + 8 * (j / 2);
-        let col = c * 64 + 16 * t + 8 * (j % 2) + 4 * (i % 2) + i / 2;
+        let col = c * 64 + 32 * (j % 2) + 16 * (i % 2) + 4 * t + i / 2;
         let byte = p.wq[((rt * kc + c) * 32 + lane) * 16 + j * 4 + i / 2];
         let nib = (byte >> (4 * (i % 2))) & 15;
         let qmin = p.qmin[row * 2 + col / 128];

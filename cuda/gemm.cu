@@ -603,33 +603,57 @@ cudaError_t activation_tensor_map(const GemmParams &p, CUtensorMap *map) {
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-template <int BM, int OUT>
-int launch_ws(const GemmParams &p, int split, int num_sms, cudaStream_t stream) {
+// Split-K of the wgmma kernel reduced in a thread-block cluster (DGQ_WS_CLUSTER=1, being
+// measured against the workspace reduction): when every (tile, split) item gets its own CTA and
+// the split is at most the portable cluster size.
+bool ws_cluster_enabled() {
+  static const bool on = env_flag("DGQ_WS_CLUSTER");
+  return on;
+}
+constexpr int kMaxWsCluster = 8;
+bool ws_cluster_fits(int items, int split, int num_sms) {
+  return split > 1 && split <= kMaxWsCluster && items <= std::max(1, num_sms);
+}
+
+template <int BM, int OUT, bool CLUSTER>
+cudaError_t launch_ws_grid(const GemmParams &p, const CUtensorMap &tmap, int split, int per, int grid,
+                           cudaStream_t stream) {
   using C = WsCfg<BM>;
+  const cudaError_t e = cudaFuncSetAttribute(ws_kernel<BM, OUT, CLUSTER>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(C::kSmem));
+  if (e != cudaSuccess) return e;
+  PdlLaunch l(dim3(grid), dim3(kWsThreads), C::kSmem, stream);
+  if constexpr (CLUSTER) l.cluster(dim3(split, 1, 1));
+  return cudaLaunchKernelEx(&l.cfg, ws_kernel<BM, OUT, CLUSTER>, p, tmap, split, per);
+}
+
+// `cluster`: the caller allows the cluster reduction (it is used when it fits).
+template <int BM, int OUT>
+int launch_ws(const GemmParams &p, int split, bool cluster, int num_sms, cudaStream_t stream) {
   CUtensorMap tmap;
   const cudaError_t te = activation_tensor_map<BM>(p, &tmap);
   if (te != cudaSuccess) return static_cast<int>(te);
-  const cudaError_t e =
-      cudaFuncSetAttribute(ws_kernel<BM, OUT>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::kSmem));
-  if (e != cudaSuccess) return static_cast<int>(e);
   const int tiles = (p.n / kWsBN) * ((p.m + BM - 1) / BM);
   const int stages = p.k / (kChunkK * kWsChunks);
   const int per = (stages + split - 1) / split;
   split = (stages + per - 1) / per;
-  // Persistent: one CTA per SM at most, looping over the (tile, split) items.
   const int items = tiles * split;
-  const int grid = std::min(items, std::max(1, num_sms));
-  PdlLaunch l(dim3(grid), dim3(kWsThreads), C::kSmem, stream);
-  const cudaError_t le = cudaLaunchKernelEx(&l.cfg, ws_kernel<BM, OUT>, p, tmap, split, per);
+  cudaError_t le;
+  if (cluster && ws_cluster_fits(items, split, num_sms)) {
+    le = launch_ws_grid<BM, OUT, true>(p, tmap, split, per, items, stream);
+  } else {
+    // Persistent: one CTA per SM at most, looping over the (tile, split) items.
+    le = launch_ws_grid<BM, OUT, false>(p, tmap, split, per, std::min(items, std::max(1, num_sms)), stream);
+  }
   if (le != cudaSuccess) return static_cast<int>(le);
   return static_cast<int>(cudaGetLastError());
 }
 
 template <int OUT>
-int launch_wgmma(const GemmParams &p, int bm, int split, int num_sms, cudaStream_t stream) {
-  if (bm == 256) return launch_ws<256, OUT>(p, split, num_sms, stream);
-  if (bm == 128) return launch_ws<128, OUT>(p, split, num_sms, stream);
-  return launch_ws<64, OUT>(p, split, num_sms, stream);
+int launch_wgmma(const GemmParams &p, int bm, int split, bool cluster, int num_sms, cudaStream_t stream) {
+  if (bm == 256) return launch_ws<256, OUT>(p, split, cluster, num_sms, stream);
+  if (bm == 128) return launch_ws<128, OUT>(p, split, cluster, num_sms, stream);
+  return launch_ws<64, OUT>(p, split, cluster, num_sms, stream);
 }
 
 template <int OUT>
@@ -660,7 +684,16 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
     const int bm = ws_bm(a.m, a.n, num_sms);
     const int tiles = ws_tiles(a.m, a.n, num_sms);
     int split = a.split_k > 0 ? a.split_k : wgmma_split(a.m, a.n, a.k, num_sms);
-    split = std::min(split, a.k / (kChunkK * kWsChunks));
+    const int stages = a.k / (kChunkK * kWsChunks);
+    split = std::max(1, std::min(split, stages));
+    {
+      const int per = (stages + split - 1) / split;
+      const int effective = (stages + per - 1) / per;
+      // The cluster reduction needs no workspace.
+      if (ws_cluster_enabled() && ws_cluster_fits(tiles * effective, effective, num_sms)) {
+        return launch_wgmma<OUT>(p, bm, split, true, num_sms, stream);
+      }
+    }
     if (split > 1) {
       // Shrink the split to what the caller's workspace holds rather than failing.
       const size_t per_split = static_cast<size_t>(a.m) * a.n;
@@ -669,7 +702,7 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
       if (a.ws_counters == nullptr || a.ws_counters_len < static_cast<size_t>(tiles)) split = 1;
       split = static_cast<int>(std::min<size_t>(split, std::max<size_t>(fit, 1)));
     }
-    return launch_wgmma<OUT>(p, bm, std::max(split, 1), num_sms, stream);
+    return launch_wgmma<OUT>(p, bm, std::max(split, 1), false, num_sms, stream);
   }
   return launch_prefill<OUT>(p, num_sms, stream);
 }

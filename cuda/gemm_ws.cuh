@@ -21,6 +21,7 @@
 // of 32 B) made the kernel 1.36× slower.
 #pragma once
 
+#include <cooperative_groups.h>
 #include <cuda.h>  // CUtensorMap
 
 #include "gemm_wgmma.cuh"
@@ -140,7 +141,10 @@ __device__ __forceinline__ WsItem ws_item(const GemmParams &p, int w, int tiles,
   return it;
 }
 
-template <int BM, int OUT>
+// CLUSTER (split > 1, one item per CTA): the split CTAs of a tile are one thread-block cluster
+// (consecutive blockIdx.x) and reduce their partial tiles through distributed shared memory
+// instead of the global workspace, fence and ticket.
+template <int BM, int OUT, bool CLUSTER>
 __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, const __grid_constant__ CUtensorMap tmap_x,
                                                            const int split, const int stages_per_split) {
   using C = WsCfg<BM>;
@@ -154,6 +158,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
   const int items = tiles * split;
   const int kc = p.k / kChunkK;
   const int ng = p.k / p.group_size;
+  // Work items w0, w0 + stride, ...: persistent over all items, or (CLUSTER) exactly one.
+  const int w0 = CLUSTER ? static_cast<int>(blockIdx.x) / split + tiles * (static_cast<int>(blockIdx.x) % split)
+                         : static_cast<int>(blockIdx.x);
+  const int stride = CLUSTER ? items : static_cast<int>(gridDim.x);
 
   if (tid == 0) {
     for (int s = 0; s < C::kStages; ++s) {
@@ -176,7 +184,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tmap_x)) : "memory");
     const size_t wrow = static_cast<size_t>(kc) * 32;  // uint4 per row tile
     int slot = 0, round = 0;  // of the next stage to load
-    for (int w = blockIdx.x; w < items; w += gridDim.x) {
+    for (int w = w0; w < items; w += stride) {
       const WsItem it = ws_item<BM>(p, w, tiles, stages_per_split);
       const uint4 *wsrc =
           p.wq + static_cast<size_t>(it.rt0) * kc * 32 + static_cast<size_t>(it.kt_begin) * (kWsChunks * 32);
@@ -217,7 +225,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
     __syncwarp();
     if (lane == 0) mbar_arrive(empty + (slot >= back ? slot - back : slot + C::kStages - back));
   };
-  for (int w = blockIdx.x; w < items; w += gridDim.x) {
+  for (int w = w0; w < items; w += stride) {
     const WsItem it = ws_item<BM>(p, w, tiles, stages_per_split);
     int32_t acc[BM / 2];
 #pragma unroll
@@ -345,6 +353,53 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
           }
         }
       }
+      continue;
+    }
+
+    if constexpr (CLUSTER) {
+      // Every stage of this CTA's only item has been consumed and nothing more is loaded, so
+      // the ring is free once both consumer warpgroups are past their last wgmma: park the
+      // partial tile there as [token][channel] (row stride padded against bank conflicts).
+      constexpr int kLd = kWsBN + 4;
+      static_assert(static_cast<size_t>(BM) * kLd * 4 <= static_cast<size_t>(C::kStages) * C::kStageU4 * 16,
+                    "the partial tile fits in the ring");
+      int32_t *red = reinterpret_cast<int32_t *>(smem);
+      consumer_sync();
+#pragma unroll
+      for (int i = 0; i < BM / 8; ++i) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          red[(i * 8 + t * 2 + (r & 1)) * kLd + rtl * 16 + g + (r >> 1) * 8] = acc[i * 4 + r];
+        }
+      }
+      cg::cluster_group cl = cg::this_cluster();
+      cl.sync();
+      // This CTA reduces tokens rank, rank + split, ...: one (token, 4-channel) unit per thread.
+      const int rank = static_cast<int>(cl.block_rank());
+      const int rows = min(BM, p.m - it.m_base);
+      const int n_base = it.tile_n * kWsBN;
+      for (int u = tid; u < BM * (kWsBN / 4); u += 256) {
+        const int row = rank + split * (u / (kWsBN / 4));
+        if (row >= rows) break;  // rows grow with u
+        const int c = (u % (kWsBN / 4)) * 4;
+        int4 sum = make_int4(0, 0, 0, 0);
+        for (int q = 0; q < split; ++q) {
+          const int4 v = *reinterpret_cast<const int4 *>(cl.map_shared_rank(red, q) + row * kLd + c);
+          sum.x += v.x;
+          sum.y += v.y;
+          sum.z += v.z;
+          sum.w += v.w;
+        }
+        const int m = it.m_base + row;
+        const float sxv = row_scale<OUT>(p, m);
+        const int32_t vals[4] = {sum.x, sum.y, sum.z, sum.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int n = n_base + c + e;
+          store_scaled<OUT>(p, m, n, vals[e], sxv, col_scale<OUT>(p, n), col_bias<OUT>(p, n));
+        }
+      }
+      cl.sync();  // this CTA's tile stays alive until every CTA of the cluster has read it
       continue;
     }
 

@@ -615,16 +615,39 @@ bool ws_cluster_fits(int items, int split, int num_sms) {
   return split > 1 && split <= kMaxWsCluster && items <= std::max(1, num_sms);
 }
 
-template <int BM, int OUT, bool CLUSTER>
-cudaError_t launch_ws_grid(const GemmParams &p, const CUtensorMap &tmap, int split, int per, int grid,
-                           cudaStream_t stream) {
-  using C = WsCfg<BM>;
-  const cudaError_t e = cudaFuncSetAttribute(ws_kernel<BM, OUT, CLUSTER>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(C::kSmem));
+// TMA-store epilogue of the wgmma kernel (DGQ_WS_TMA_STORE=1, being measured against the
+// per-thread stores): f16/bf16 output, 16-byte aligned.
+bool ws_tma_store_enabled() {
+  static const bool on = env_flag("DGQ_WS_TMA_STORE");
+  return on;
+}
+
+// The output [M, N] of 16-bit elements as boxes of 64 channels × BM rows (128-byte swizzle);
+// stores clip rows past M.
+template <int BM>
+cudaError_t output_tensor_map(const GemmParams &p, CUtensorMap *map) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(p.n), static_cast<cuuint64_t>(p.m)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(p.n) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(BM)};
+  const cuuint32_t elem[2] = {1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, p.out, dims, strides, box, elem,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+template <int BM, int OUT, bool CLUSTER, bool TSTORE>
+cudaError_t launch_ws_grid(const GemmParams &p, const CUtensorMap &tmap, const CUtensorMap &tmap_out, int split,
+                           int per, int grid, cudaStream_t stream) {
+  using C = WsCfg<BM, TSTORE>;
+  const cudaError_t e = cudaFuncSetAttribute(ws_kernel<BM, OUT, CLUSTER, TSTORE>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::kSmem));
   if (e != cudaSuccess) return e;
   PdlLaunch l(dim3(grid), dim3(kWsThreads), C::kSmem, stream);
   if constexpr (CLUSTER) l.cluster(dim3(split, 1, 1));
-  return cudaLaunchKernelEx(&l.cfg, ws_kernel<BM, OUT, CLUSTER>, p, tmap, split, per);
+  return cudaLaunchKernelEx(&l.cfg, ws_kernel<BM, OUT, CLUSTER, TSTORE>, p, tmap, tmap_out, split, per);
 }
 
 // `cluster`: the caller allows the cluster reduction (it is used when it fits).
@@ -638,12 +661,29 @@ int launch_ws(const GemmParams &p, int split, bool cluster, int num_sms, cudaStr
   const int per = (stages + split - 1) / split;
   split = (stages + per - 1) / per;
   const int items = tiles * split;
+  CUtensorMap tmap_out = {};
+  bool tstore = false;
+  if constexpr (OUT != DGQ_OUT_I32) {
+    if (ws_tma_store_enabled() && aligned(p.out, 16)) {
+      const cudaError_t oe = output_tensor_map<BM>(p, &tmap_out);
+      if (oe != cudaSuccess) return static_cast<int>(oe);
+      tstore = true;
+    }
+  }
   cudaError_t le;
   if (cluster && ws_cluster_fits(items, split, num_sms)) {
-    le = launch_ws_grid<BM, OUT, true>(p, tmap, split, per, items, stream);
+    le = launch_ws_grid<BM, OUT, true, false>(p, tmap, tmap_out, split, per, items, stream);
   } else {
     // Persistent: one CTA per SM at most, looping over the (tile, split) items.
-    le = launch_ws_grid<BM, OUT, false>(p, tmap, split, per, std::min(items, std::max(1, num_sms)), stream);
+    const int grid = std::min(items, std::max(1, num_sms));
+    if constexpr (OUT != DGQ_OUT_I32) {
+      if (tstore) {
+        le = launch_ws_grid<BM, OUT, false, true>(p, tmap, tmap_out, split, per, grid, stream);
+        if (le != cudaSuccess) return static_cast<int>(le);
+        return static_cast<int>(cudaGetLastError());
+      }
+    }
+    le = launch_ws_grid<BM, OUT, false, false>(p, tmap, tmap_out, split, per, grid, stream);
   }
   if (le != cudaSuccess) return static_cast<int>(le);
   return static_cast<int>(cudaGetLastError());

@@ -35,16 +35,21 @@ constexpr int kWsConsumerRegs = 208;  // setmaxnreg: 2·128·208 + 128·88 = 384
 constexpr int kWsProducerRegs = 88;
 constexpr int kWsGroupM = 8;  // raster: 8 token tiles share each weight tile while it sits in L2
 
-template <int BM>
+// TSTORE: f16/bf16 tiles leave through shared memory and a TMA store (see ws_kernel), which
+// needs a 128-channel × BM output tile of shared memory next to the ring (BM = 256: one stage
+// fewer to fit).
+template <int BM, bool TSTORE = false>
 struct WsCfg {
   static constexpr int kXU4 = BM * 8;                              // BM rows × 128 B
   static constexpr int kWU4 = (kWsBN / 16) * kWsChunks * 32;       // 8 row tiles × 1 KB
   static constexpr int kStageU4 = kXU4 + kWU4;                     // a multiple of 1 KB
-  static constexpr int kStages = BM == 256 ? 5 : 8;                // ≤ 200 KB of ring (more measured the same)
-  static constexpr size_t kSmem = static_cast<size_t>(kStages) * kStageU4 * 16 + 2 * kStages * 8;
+  static constexpr int kStages = BM == 256 ? (TSTORE ? 4 : 5) : 8;  // ≤ 200 KB of ring (more measured the same)
+  static constexpr int kOutU4 = TSTORE ? BM * kWsBN * 2 / 16 : 0;  // two [BM][64] 16-bit boxes
+  static constexpr size_t kSmem = static_cast<size_t>(kStages * kStageU4 + kOutU4) * 16 + 2 * kStages * 8;
   // Stages of meta words loaded ahead into the consumers' register ring (BM = 256 has no
   // registers for four, and its stages are long enough for two).
   static constexpr int kMetaAhead = BM == 256 ? 2 : 4;
+  static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
 };
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p) {
@@ -85,6 +90,13 @@ __device__ __forceinline__ void tma_load_2d(void *dst, const CUtensorMap *map, i
           smem_u32(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(k0), "r"(row0), "r"(smem_u32(bar))
       : "memory");
+}
+// TMA: shared memory -> box {64 16-bit channels at n0, BM rows at row0} of a 2-D tensor map.
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap *map, const void *src, int n0, int row0) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(smem_u32(src)), "r"(n0), "r"(row0)
+               : "memory");
 }
 template <int R>
 __device__ __forceinline__ void setmaxnreg_inc() {
@@ -141,15 +153,21 @@ __device__ __forceinline__ WsItem ws_item(const GemmParams &p, int w, int tiles,
   return it;
 }
 
+// TSTORE (f16/bf16 output, 16-byte aligned): a tile without split-K is converted into a
+// 128-byte-swizzled tile in shared memory and written by two TMA stores (rows past M clipped by
+// the tensor map), so the consumers go on to the next tile's MMAs while it drains; otherwise
+// every thread stores its channel pairs to global memory itself.
 // CLUSTER (split > 1, one item per CTA): the split CTAs of a tile are one thread-block cluster
 // (consecutive blockIdx.x) and reduce their partial tiles through distributed shared memory
 // instead of the global workspace, fence and ticket.
-template <int BM, int OUT, bool CLUSTER>
+template <int BM, int OUT, bool CLUSTER, bool TSTORE>
 __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, const __grid_constant__ CUtensorMap tmap_x,
+                                                           const __grid_constant__ CUtensorMap tmap_out,
                                                            const int split, const int stages_per_split) {
-  using C = WsCfg<BM>;
+  using C = WsCfg<BM, TSTORE>;
+  static_assert(!TSTORE || OUT != DGQ_OUT_I32, "the TMA-store epilogue writes 16-bit outputs");
   extern __shared__ __align__(1024) uint4 smem[];
-  uint64_t *full = reinterpret_cast<uint64_t *>(smem + C::kStages * C::kStageU4);
+  uint64_t *full = reinterpret_cast<uint64_t *>(smem + C::kStages * C::kStageU4 + C::kOutU4);
   uint64_t *empty = full + C::kStages;
   const int tid = threadIdx.x, lane = tid & 31;
   const int wg = tid >> 7;
@@ -304,6 +322,57 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
     release(1);
 
     const int n0 = (it.rt0 + rtl) * 16 + g;
+    if (TSTORE && split == 1) {
+      // The previous tile's TMA stores must have read the staging tile before it is rewritten.
+      if (tid == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+      consumer_sync();
+      // Box wg (channels 64·wg..64·wg+63 of the tile): row r at byte 128·r, its 16-byte chunk c
+      // at chunk c ^ (r % 8). A warp's 4-byte writes (8 rows × 4 channel pairs) hit 32 banks.
+      char *box = reinterpret_cast<char *>(smem + C::kStages * C::kStageU4) + wg * (BM * 128);
+      const int cpair = (rtl % 4) * 16 + (g & ~1);  // this lane's even channel within the box, h = 0
+      const float s1v[2] = {col_scale<OUT>(p, n0), col_scale<OUT>(p, n0 + 8)};
+      const float bv[2] = {col_bias<OUT>(p, n0), col_bias<OUT>(p, n0 + 8)};
+      constexpr int kBatch = BM == 256 ? 4 : 8;
+      constexpr int kBatches = BM / 8 / kBatch;
+      const bool odd = g & 1;
+#pragma unroll
+      for (int b = 0; b < kBatches; ++b) {
+        float sx[kBatch][2];
+#pragma unroll
+        for (int j = 0; j < kBatch; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            sx[j][e] = row_scale<OUT>(p, min(it.m_base + (b * kBatch + j) * 8 + t * 2 + e, p.m - 1));
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kBatch; ++j) {
+          const int i = b * kBatch + j;
+          const int r = i * 8 + t * 2 + (odd ? 1 : 0);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const uint32_t y0 = scaled_bits<OUT>(p, acc[i * 4 + 2 * h], sx[j][0], s1v[h], bv[h]);
+            const uint32_t y1 = scaled_bits<OUT>(p, acc[i * 4 + 2 * h + 1], sx[j][1], s1v[h], bv[h]);
+            const uint32_t got = __shfl_xor_sync(0xffffffffu, odd ? y0 : y1, 4);
+            const uint32_t v = odd ? (got | (y1 << 16)) : (y0 | (got << 16));
+            const int c = cpair + 8 * h;  // even channel of the pair within the box
+            *reinterpret_cast<uint32_t *>(box + r * 128 + (((c >> 3) ^ (r & 7)) << 4) + (c & 7) * 2) = v;
+          }
+        }
+      }
+      // Generic-proxy writes -> the TMA (async proxy) reads them.
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      consumer_sync();
+      if (tid == 0) {
+        char *tile = reinterpret_cast<char *>(smem + C::kStages * C::kStageU4);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          tma_store_2d(&tmap_out, tile + q * (BM * 128), it.tile_n * kWsBN + 64 * q, it.m_base);
+        }
+        asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+      }
+      continue;
+    }
     if (split == 1) {
       // This thread's two channels n0, n0 + 8; its rows in batches of row pairs, each batch's
       // row factors loaded together ahead of its stores (see store_scaled).
@@ -424,6 +493,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
     }
     consumer_sync();  // is_last is read by every consumer before the next item may rewrite it
   }
+  // The last tile's TMA stores complete before the CTA (and its shared memory) goes away.
+  if (TSTORE && tid == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
 
 }  // namespace dgq

@@ -587,20 +587,27 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
   return fn;
 }
 
-// The wgmma kernel's view of the activations: int8 [M, K] row-major, boxes of 128 bytes of K ×
-// BM rows in the 128-byte swizzle its B descriptors expect; rows past M read as zero.
-template <int BM>
-cudaError_t activation_tensor_map(const GemmParams &p, CUtensorMap *map) {
+// A 2-D tensor map over a row-major [rows, cols] matrix of 1- or 2-byte elements, boxes of
+// box_cols × box_rows in the 128-byte swizzle (box_cols · element size = 128 bytes).
+cudaError_t tensor_map_2d(CUtensorMap *map, CUtensorMapDataType type, int elem_bytes, const void *base, int rows,
+                          int cols, int box_cols, int box_rows, CUtensorMapL2promotion promotion) {
   const PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled();
   if (encode == nullptr) return cudaErrorNotSupported;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(p.k), static_cast<cuuint64_t>(p.m)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(p.k)};  // bytes, of dimension 1
-  const cuuint32_t box[2] = {128, static_cast<cuuint32_t>(BM)};
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * elem_bytes};  // bytes, of dimension 1
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(box_cols), static_cast<cuuint32_t>(box_rows)};
   const cuuint32_t elem[2] = {1, 1};
-  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<int8_t *>(p.x), dims, strides, box, elem,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r = encode(map, type, 2, const_cast<void *>(base), dims, strides, box, elem,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, promotion,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+// The wgmma kernel's view of the activations: int8 [M, K], boxes of 128 bytes of K × BM rows in
+// the 128-byte swizzle its B descriptors expect; rows past M read as zero.
+template <int BM>
+cudaError_t activation_tensor_map(const GemmParams &p, CUtensorMap *map) {
+  return tensor_map_2d(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.x, p.m, p.k, 128, BM, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
 // Split-K of the wgmma kernel reduced in a thread-block cluster (DGQ_WS_CLUSTER=1, being
@@ -626,16 +633,7 @@ bool ws_tma_store_enabled() {
 // stores clip rows past M.
 template <int BM>
 cudaError_t output_tensor_map(const GemmParams &p, CUtensorMap *map) {
-  const PFN_cuTensorMapEncodeTiled_v12000 encode = encode_tiled();
-  if (encode == nullptr) return cudaErrorNotSupported;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(p.n), static_cast<cuuint64_t>(p.m)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(p.n) * 2};
-  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(BM)};
-  const cuuint32_t elem[2] = {1, 1};
-  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, p.out, dims, strides, box, elem,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return tensor_map_2d(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, p.out, p.m, p.n, 64, BM, CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
 
 template <int BM, int OUT, bool CLUSTER, bool TSTORE>

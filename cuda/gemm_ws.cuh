@@ -322,58 +322,16 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
     release(1);
 
     const int n0 = (it.rt0 + rtl) * 16 + g;
-    if (TSTORE && split == 1) {
-      // The previous tile's TMA stores must have read the staging tile before it is rewritten.
-      if (tid == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-      consumer_sync();
-      // Box wg (channels 64·wg..64·wg+63 of the tile): row r at byte 128·r, its 16-byte chunk c
-      // at chunk c ^ (r % 8). A warp's 4-byte writes (8 rows × 4 channel pairs) hit 32 banks.
-      char *box = reinterpret_cast<char *>(smem + C::kStages * C::kStageU4) + wg * (BM * 128);
-      const int cpair = (rtl % 4) * 16 + (g & ~1);  // this lane's even channel within the box, h = 0
-      const float s1v[2] = {col_scale<OUT>(p, n0), col_scale<OUT>(p, n0 + 8)};
-      const float bv[2] = {col_bias<OUT>(p, n0), col_bias<OUT>(p, n0 + 8)};
-      constexpr int kBatch = BM == 256 ? 4 : 8;
-      constexpr int kBatches = BM / 8 / kBatch;
-      const bool odd = g & 1;
-#pragma unroll
-      for (int b = 0; b < kBatches; ++b) {
-        float sx[kBatch][2];
-#pragma unroll
-        for (int j = 0; j < kBatch; ++j) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            sx[j][e] = row_scale<OUT>(p, min(it.m_base + (b * kBatch + j) * 8 + t * 2 + e, p.m - 1));
-          }
-        }
-#pragma unroll
-        for (int j = 0; j < kBatch; ++j) {
-          const int i = b * kBatch + j;
-          const int r = i * 8 + t * 2 + (odd ? 1 : 0);
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const uint32_t y0 = scaled_bits<OUT>(p, acc[i * 4 + 2 * h], sx[j][0], s1v[h], bv[h]);
-            const uint32_t y1 = scaled_bits<OUT>(p, acc[i * 4 + 2 * h + 1], sx[j][1], s1v[h], bv[h]);
-            const uint32_t got = __shfl_xor_sync(0xffffffffu, odd ? y0 : y1, 4);
-            const uint32_t v = odd ? (got | (y1 << 16)) : (y0 | (got << 16));
-            const int c = cpair + 8 * h;  // even channel of the pair within the box
-            *reinterpret_cast<uint32_t *>(box + r * 128 + (((c >> 3) ^ (r & 7)) << 4) + (c & 7) * 2) = v;
-          }
-        }
-      }
-      // Generic-proxy writes -> the TMA (async proxy) reads them.
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      consumer_sync();
-      if (tid == 0) {
-        char *tile = reinterpret_cast<char *>(smem + C::kStages * C::kStageU4);
-#pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          tma_store_2d(&tmap_out, tile + q * (BM * 128), it.tile_n * kWsBN + 64 * q, it.m_base);
-        }
-        asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-      }
-      continue;
-    }
     if (split == 1) {
+      // TSTORE: the staging tile of the previous tile's TMA stores must have been read before
+      // it is rewritten. Box wg (channels 64·wg..64·wg+63 of the tile) holds row r at byte
+      // 128·r, its 16-byte chunk c at chunk c ^ (r % 8): a warp's 4-byte writes (8 rows × 4
+      // channel pairs) hit 32 different banks.
+      char *staging = reinterpret_cast<char *>(smem + C::kStages * C::kStageU4);
+      if constexpr (TSTORE) {
+        if (tid == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+        consumer_sync();
+      }
       // This thread's two channels n0, n0 + 8; its rows in batches of row pairs, each batch's
       // row factors loaded together ahead of its stores (see store_scaled).
       const float s1v[2] = {col_scale<OUT>(p, n0), col_scale<OUT>(p, n0 + 8)};
@@ -402,24 +360,45 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
           for (int h = 0; h < 2; ++h) {
             const int n = n0 + h * 8;
             if constexpr (OUT != DGQ_OUT_I32) {
-              if (pairs) {
+              if (TSTORE || pairs) {
                 const uint32_t y0 = scaled_bits<OUT>(p, acc[i * 4 + 2 * h], sx[j][0], s1v[h], bv[h]);
                 const uint32_t y1 = scaled_bits<OUT>(p, acc[i * 4 + 2 * h + 1], sx[j][1], s1v[h], bv[h]);
                 const uint32_t got = __shfl_xor_sync(0xffffffffu, odd ? y0 : y1, 4);
+                const uint32_t v = odd ? (got | (y1 << 16)) : (y0 | (got << 16));
                 const int m = odd ? m0 + 1 : m0;
-                if (m < p.m) {
-                  const uint32_t v = odd ? (got | (y1 << 16)) : (y0 | (got << 16));
+                if constexpr (TSTORE) {
+                  // Row and even channel of the pair within box wg; rows past M are clipped by
+                  // the TMA store.
+                  const int r = m - it.m_base, c = (rtl % 4) * 16 + 8 * h + (g & ~1);
+                  *reinterpret_cast<uint32_t *>(staging + wg * (BM * 128) + r * 128 + (((c >> 3) ^ (r & 7)) << 4) +
+                                                (c & 7) * 2) = v;
+                } else if (m < p.m) {
                   *reinterpret_cast<uint32_t *>(static_cast<uint16_t *>(p.out) + static_cast<size_t>(m) * p.n +
                                                 (odd ? n - 1 : n)) = v;
                 }
                 continue;
               }
             }
+            if constexpr (!TSTORE) {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              if (m0 + e < p.m) store_scaled<OUT>(p, m0 + e, n, acc[i * 4 + 2 * h + e], sx[j][e], s1v[h], bv[h]);
+              for (int e = 0; e < 2; ++e) {
+                if (m0 + e < p.m) store_scaled<OUT>(p, m0 + e, n, acc[i * 4 + 2 * h + e], sx[j][e], s1v[h], bv[h]);
+              }
             }
           }
+        }
+      }
+      if constexpr (TSTORE) {
+        // Generic-proxy writes -> the TMA (async proxy) reads them; the consumers go on to the
+        // next tile while the two stores drain.
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        consumer_sync();
+        if (tid == 0) {
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            tma_store_2d(&tmap_out, staging + q * (BM * 128), it.tile_n * kWsBN + 64 * q, it.m_base);
+          }
+          asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
         }
       }
       continue;

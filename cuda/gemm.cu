@@ -5,7 +5,8 @@
 // weights as the A operand (output channels) and the tokens as B. The prepared weights give
 // every lane its A fragments of a 64-deep chunk in one 16-byte load, in the hardware's own K
 // order: the wgmma kernel takes the activations from shared memory exactly as TMA copies them,
-// and the mma.sync kernels gather each lane's B fragments as four 4-byte words (ld_b_frags).
+// and the mma.sync kernels load each lane's B fragments as 16-byte vectors transposed within
+// each quad of lanes (quad_transpose).
 
 #include <cuda.h>
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
@@ -40,11 +41,7 @@ __host__ __device__ constexpr int decode_unroll() {
 constexpr int kDecodeMaxM = 64;
 __host__ __device__ constexpr int decode_nt(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
-// CLUSTER: the split CTAs of a row block form one thread-block cluster and reduce their partial
-// sums through distributed shared memory (no workspace, fence or ticket); otherwise the split-K
-// partials go through the global workspace as described above.
-// XLATE: activations loaded next to their MMAs instead of with the batch's weights.
-template <int NT, int OUT, bool CLUSTER, bool XLATE>
+template <int NT, int OUT>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmParams p, const int split,
                                                                    const int chunks_per_split) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -59,19 +56,19 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
 
   const uint4 *wp = p.wq + static_cast<size_t>(rt) * kc * 32 + lane;
   const uint32_t *mp = p.wmeta + static_cast<size_t>(rt) * ng * 8 + g;
-  const int8_t *xrow[NT];
+  // Lane t of a quad loads bytes 16t..16t+15 of each chunk of its token row (see quad_transpose).
+  const uint4 *xrow[NT];
   bool xvalid[NT];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     const int m = nt * 8 + g;
     xvalid[nt] = m < p.m;
-    xrow[nt] = p.x + static_cast<size_t>(xvalid[nt] ? m : 0) * p.k + t * 4;
+    xrow[nt] = reinterpret_cast<const uint4 *>(p.x + static_cast<size_t>(xvalid[nt] ? m : 0) * p.k) + t;
   }
 
   int32_t acc[NT][4];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
-
 
   // Programmatic dependent launch: this grid may start while the previous kernel of the stream
   // finishes; wait for it (its writes, e.g. the activations or this workspace) before reading.
@@ -80,67 +77,30 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
   for (int c = c_begin; c < c_end; c += U) {
     uint4 w[U];
     uint32_t meta[U];
-    if constexpr (XLATE) {
-      // The batch's weight and meta loads go out before the first use so that several are in
-      // flight; the activations (a few KB per CTA) are only prefetched into L1 with them and
-      // loaded next to their MMAs, so they hold no registers across the batch (NT = 2: 63
-      // instead of 74 registers, NT = 4: 96 instead of 126).
+    uint4 xv[U][NT];
+    // Issue every load of the batch before the first use so that several are in flight.
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int cc = c + u;
-        const bool ok = cc < c_end;
-        w[u] = ok ? ld_stream(wp + static_cast<size_t>(cc) * 32) : make_uint4(0, 0, 0, 0);
-        meta[u] = ok ? __ldg(mp + (cc / p.chunks_per_group) * 8) : 0u;
+    for (int u = 0; u < U; ++u) {
+      const int cc = c + u;
+      const bool ok = cc < c_end;
+      w[u] = ok ? ld_stream(wp + static_cast<size_t>(cc) * 32) : make_uint4(0, 0, 0, 0);
+      meta[u] = ok ? __ldg(mp + (cc / p.chunks_per_group) * 8) : 0u;
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          if (ok && xvalid[nt] && t == 0) {
-            asm volatile("prefetch.global.L1 [%0];\n" ::"l"(xrow[nt] + static_cast<size_t>(cc) * kChunkK));
-          }
-        }
+      for (int nt = 0; nt < NT; ++nt) {
+        // Out-of-range chunks and padding tokens multiply zero activations.
+        xv[u][nt] = (ok && xvalid[nt]) ? __ldg(xrow[nt] + static_cast<size_t>(cc) * (kChunkK / 16))
+                                       : make_uint4(0, 0, 0, 0);
       }
+    }
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int cc = c + u;
-        const bool ok = cc < c_end;
-        uint4 xv[NT];
+    for (int u = 0; u < U; ++u) {
+      uint32_t a[2][4];
+      dequant(w[u], meta[u], a);
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          // Out-of-range chunks and padding tokens multiply zero activations.
-          xv[nt] = (ok && xvalid[nt]) ? ld_b_frags(xrow[nt] + static_cast<size_t>(cc) * kChunkK) : make_uint4(0, 0, 0, 0);
-        }
-        uint32_t a[2][4];
-        dequant(w[u], meta[u], a);
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          mma_s8(acc[nt], a[0], xv[nt].x, xv[nt].y);
-          mma_s8(acc[nt], a[1], xv[nt].z, xv[nt].w);
-        }
-      }
-    } else {
-      uint4 xv[U][NT];
-      // Issue every load of the batch before the first use so that several are in flight.
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int cc = c + u;
-        const bool ok = cc < c_end;
-        w[u] = ok ? ld_stream(wp + static_cast<size_t>(cc) * 32) : make_uint4(0, 0, 0, 0);
-        meta[u] = ok ? __ldg(mp + (cc / p.chunks_per_group) * 8) : 0u;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          // Out-of-range chunks and padding tokens multiply zero activations.
-          xv[u][nt] = (ok && xvalid[nt]) ? ld_b_frags(xrow[nt] + static_cast<size_t>(cc) * kChunkK)
-                                         : make_uint4(0, 0, 0, 0);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        uint32_t a[2][4];
-        dequant(w[u], meta[u], a);
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          mma_s8(acc[nt], a[0], xv[u][nt].x, xv[u][nt].y);
-          mma_s8(acc[nt], a[1], xv[u][nt].z, xv[u][nt].w);
-        }
+      for (int nt = 0; nt < NT; ++nt) {
+        const uint4 b = quad_transpose(xv[u][nt], t);
+        mma_s8(acc[nt], a[0], b.x, b.y);
+        mma_s8(acc[nt], a[1], b.z, b.w);
       }
     }
   }
@@ -158,33 +118,6 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
         if (m < p.m) store_out<OUT>(p, m, n, acc[nt][i]);
       }
     }
-    return;
-  }
-
-  if constexpr (CLUSTER) {
-    // Each CTA parks its partial tile [token][row] in its own shared memory; after a cluster
-    // barrier every CTA reduces a share of the outputs over all the cluster's tiles.
-    constexpr int kTok = 8 * NT;
-    constexpr int kLd = kDecodeRows + 1;  // padded: the reduction reads consecutive rows
-    __shared__ int32_t red[kTok * kLd];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        red[(nt * 8 + t * 2 + (i & 1)) * kLd + warp * 16 + g + (i >> 1) * 8] = acc[nt][i];
-      }
-    }
-    cg::cluster_group cl = cg::this_cluster();
-    cl.sync();
-    const int outs = min(p.m, kTok) * kDecodeRows;
-    for (int o = static_cast<int>(cl.block_rank()) * blockDim.x + threadIdx.x; o < outs; o += split * blockDim.x) {
-      const int m = o / kDecodeRows, row = o % kDecodeRows;
-      int32_t sum = 0;
-      for (int q = 0; q < split; ++q) sum += cl.map_shared_rank(red, q)[m * kLd + row];
-      const int n = rb * kDecodeRows + row;
-      store_scaled<OUT>(p, m, n, sum, row_scale<OUT>(p, m), col_scale<OUT>(p, n), col_bias<OUT>(p, n));
-    }
-    cl.sync();  // this CTA's tile stays alive until every CTA of the cluster has read it
     return;
   }
 
@@ -355,46 +288,34 @@ namespace {
 
 bool aligned(const void *ptr, size_t a) { return (reinterpret_cast<uintptr_t>(ptr) % a) == 0; }
 
-// Decode variants being measured against each other (defaults: the measured h100-v8 kernel):
-// DGQ_DECODE_XLATE=1 loads the activations next to their MMAs (fewer registers, more resident
-// CTAs); DGQ_DECODE_CLUSTER=1 reduces split-K in a thread-block cluster (see launch_decode).
 bool env_flag(const char *name) {
   const char *v = getenv(name);
   return v != nullptr && v[0] == '1';
-}
-bool decode_xlate_enabled() {
-  static const bool on = env_flag("DGQ_DECODE_XLATE");
-  return on;
-}
-
-template <bool XLATE>
-int decode_occupancy(int nt) {
-  int b = 0;
-  cudaError_t e;
-  if (nt == 1) {
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<1, DGQ_OUT_F16, false, XLATE>, kDecodeWarps * 32, 0);
-  } else if (nt == 2) {
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<2, DGQ_OUT_F16, false, XLATE>, kDecodeWarps * 32, 0);
-  } else if (nt == 4) {
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<4, DGQ_OUT_F16, false, XLATE>, kDecodeWarps * 32, 0);
-  } else {
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<8, DGQ_OUT_F16, false, XLATE>, kDecodeWarps * 32, 0);
-  }
-  if (e != cudaSuccess || b < 1) {
-    (void)cudaGetLastError();
-    b = 4;
-  }
-  return b;
 }
 
 // Resident CTAs per SM of the decode kernel for a token-tile count (occupancy API, cached:
 // the answer depends only on the compiled kernel).
 int decode_ctas_per_sm(int nt) {
-  static int cache[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-  const bool xlate = decode_xlate_enabled();
+  static int cache[4] = {0, 0, 0, 0};
   const int slot = nt == 1 ? 0 : nt == 2 ? 1 : nt == 4 ? 2 : 3;
-  int &c = cache[xlate ? 1 : 0][slot];
-  if (c == 0) c = xlate ? decode_occupancy<true>(nt) : decode_occupancy<false>(nt);
+  int &c = cache[slot];
+  if (c != 0) return c;
+  int b = 0;
+  cudaError_t e;
+  if (nt == 1) {
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<1, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
+  } else if (nt == 2) {
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<2, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
+  } else if (nt == 4) {
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<4, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
+  } else {
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<8, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
+  }
+  if (e != cudaSuccess || b < 1) {
+    (void)cudaGetLastError();
+    b = 4;
+  }
+  c = b;
   return c;
 }
 
@@ -491,58 +412,31 @@ struct PdlLaunch {
   }
 };
 
-// Split-K reduction of the decode kernel through a thread-block cluster (distributed shared
-// memory) instead of the global workspace: DGQ_DECODE_CLUSTER=1 (being measured against the
-// workspace reduction; clusters hold at most kMaxDecodeCluster CTAs, non-portable above 8).
-constexpr int kMaxDecodeCluster = 16;
-bool decode_cluster_enabled() {
-  static const bool on = env_flag("DGQ_DECODE_CLUSTER");
-  return on;
-}
-
-template <int NT, int OUT, bool CLUSTER, bool XLATE>
+template <int NT, int OUT>
 cudaError_t launch_decode_nt(const GemmParams &p, int split, int per, cudaStream_t stream) {
   // Launched with PDL so that its launch and ramp overlap the previous kernel's tail.
   PdlLaunch l(dim3(p.n / kDecodeRows, split), dim3(kDecodeWarps * 32), 0, stream);
-  if constexpr (CLUSTER) {
-    if (split > 8) {
-      const cudaError_t e =
-          cudaFuncSetAttribute(decode_kernel<NT, OUT, true, XLATE>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-      if (e != cudaSuccess) return e;
-    }
-    l.cluster(dim3(1, split, 1));
-  }
-  return cudaLaunchKernelEx(&l.cfg, decode_kernel<NT, OUT, CLUSTER, XLATE>, p, split, per);
+  return cudaLaunchKernelEx(&l.cfg, decode_kernel<NT, OUT>, p, split, per);
 }
 
-template <int OUT, bool CLUSTER, bool XLATE>
-cudaError_t launch_decode_split(const GemmParams &p, int split, int per, cudaStream_t stream) {
-  switch (decode_nt(p.m)) {
-    case 1:
-      return launch_decode_nt<1, OUT, CLUSTER, XLATE>(p, split, per, stream);
-    case 2:
-      return launch_decode_nt<2, OUT, CLUSTER, XLATE>(p, split, per, stream);
-    case 4:
-      return launch_decode_nt<4, OUT, CLUSTER, XLATE>(p, split, per, stream);
-    default:
-      return launch_decode_nt<8, OUT, CLUSTER, XLATE>(p, split, per, stream);
-  }
-}
-
-// `cluster`: reduce the split in a cluster (split <= kMaxDecodeCluster), else in the workspace.
 template <int OUT>
-int launch_decode(const GemmParams &p, int split, bool cluster, cudaStream_t stream) {
+int launch_decode(const GemmParams &p, int split, cudaStream_t stream) {
   const int kc = p.k / kChunkK;
   const int per = (kc + split - 1) / split;
   split = (kc + per - 1) / per;
-  const bool xlate = decode_xlate_enabled();
   cudaError_t e;
-  if (cluster && split > 1) {
-    e = xlate ? launch_decode_split<OUT, true, true>(p, split, per, stream)
-              : launch_decode_split<OUT, true, false>(p, split, per, stream);
-  } else {
-    e = xlate ? launch_decode_split<OUT, false, true>(p, split, per, stream)
-              : launch_decode_split<OUT, false, false>(p, split, per, stream);
+  switch (decode_nt(p.m)) {
+    case 1:
+      e = launch_decode_nt<1, OUT>(p, split, per, stream);
+      break;
+    case 2:
+      e = launch_decode_nt<2, OUT>(p, split, per, stream);
+      break;
+    case 4:
+      e = launch_decode_nt<4, OUT>(p, split, per, stream);
+      break;
+    default:
+      e = launch_decode_nt<8, OUT>(p, split, per, stream);
   }
   if (e != cudaSuccess) return static_cast<int>(e);
   return static_cast<int>(cudaGetLastError());
@@ -622,10 +516,14 @@ bool ws_cluster_fits(int items, int split, int num_sms) {
   return split > 1 && split <= kMaxWsCluster && items <= std::max(1, num_sms);
 }
 
-// TMA-store epilogue of the wgmma kernel (DGQ_WS_TMA_STORE=1, being measured against the
-// per-thread stores): f16/bf16 output, 16-byte aligned.
+// TMA-store epilogue of the wgmma kernel for f16/bf16 output, 16-byte aligned (measured on H100
+// against per-thread stores: 4096² M = 4096 110.8 vs 120.8 µs, 11008×4096 296 vs 335;
+// DGQ_WS_TMA_STORE=0 turns it off for comparisons).
 bool ws_tma_store_enabled() {
-  static const bool on = env_flag("DGQ_WS_TMA_STORE");
+  static const bool on = [] {
+    const char *v = getenv("DGQ_WS_TMA_STORE");
+    return v == nullptr || v[0] != '0';
+  }();
   return on;
 }
 
@@ -703,9 +601,6 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
     if (a.m > kDecodeMaxM) return DGQ_EINVAL;
     int split = a.split_k > 0 ? a.split_k : decode_split(a.m, a.n, a.k, num_sms);
     split = std::min(split, a.k / kChunkK);
-    if (decode_cluster_enabled()) {
-      return launch_decode<OUT>(p, std::max(std::min(split, kMaxDecodeCluster), 1), true, stream);
-    }
     // Shrink the split to what the caller's workspace holds rather than failing.
     const size_t per_split = static_cast<size_t>(a.m) * a.n;
     if (split > 1) {
@@ -714,7 +609,7 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
       if (a.ws_counters == nullptr || a.ws_counters_len < static_cast<size_t>(a.n / kDecodeRows)) split = 1;
       split = static_cast<int>(std::min<size_t>(split, std::max<size_t>(fit, 1)));
     }
-    return launch_decode<OUT>(p, std::max(split, 1), false, stream);
+    return launch_decode<OUT>(p, std::max(split, 1), stream);
   }
   const bool wgmma = wgmma_fits(a.n) && (a.kernel == DGQ_KERNEL_PREFILL ||
                                           a.kernel == DGQ_KERNEL_AUTO);

@@ -51,40 +51,15 @@ __device__ __forceinline__ void dequant(const uint4 p, const uint32_t meta, uint
   a[1][3] = dq4((p.w >> 4) & 0x0f0f0f0fu, s_hi, a_hi);
 }
 
-// The B fragments of one 64-deep chunk of a token row for lane t (t = lane % 4): k-step 0 takes
-// k = 4t..4t+3 and 16+4t..16+4t+3, k-step 1 the same 32 further on (the prepared weights hold
-// the matching A fragments). The four lanes of a quad each load 16 contiguous bytes of the chunk
-// (one vector load: lane t gets 4-byte words 4t..4t+3) and transpose the 4×4 words among
-// themselves, so lane t ends with words t, 4+t, 8+t, 12+t. Four 4-byte loads per lane instead
-// cost four L1 wavefronts each and made the decode kernel L1-bound at M >= 16 (measured on
-// H100: 8192² M = 32 43.7 µs against 21.1 with one vector load). All lanes of the warp must
-// call it (shuffles); `v` is what this lane loaded (zeros for padding tokens).
-__device__ __forceinline__ uint4 quad_transpose(uint4 v, int t) {
-  // Swap the off-diagonal 2×2 blocks with the lane two apart...
-  const bool hi2 = (t & 2) != 0;
-  uint32_t s0 = hi2 ? v.x : v.z, s1 = hi2 ? v.y : v.w;
-  s0 = __shfl_xor_sync(0xffffffffu, s0, 2);
-  s1 = __shfl_xor_sync(0xffffffffu, s1, 2);
-  if (hi2) {
-    v.x = s0;
-    v.y = s1;
-  } else {
-    v.z = s0;
-    v.w = s1;
-  }
-  // ...then the off-diagonal words of each 2×2 block with the neighbouring lane.
-  const bool hi1 = (t & 1) != 0;
-  s0 = hi1 ? v.x : v.y;
-  s1 = hi1 ? v.z : v.w;
-  s0 = __shfl_xor_sync(0xffffffffu, s0, 1);
-  s1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-  if (hi1) {
-    v.x = s0;
-    v.z = s1;
-  } else {
-    v.y = s0;
-    v.w = s1;
-  }
+// The B fragments of one 64-deep chunk for 8 token rows: k-step 0 takes k = 4t..4t+3 and
+// 16+4t..16+4t+3 of row g (lane = 4g + t), k-step 1 the same 32 further on (the prepared weights
+// hold the matching A fragments). ldmatrix.x4 reads them from shared memory: matrix j is bytes
+// 16j..16j+15 of the 8 rows, and lane 8j + r gives the address of row r of matrix j.
+__device__ __forceinline__ uint4 ldmatrix_x4(uint32_t smem_addr) {
+  uint4 v;
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(smem_addr));
   return v;
 }
 
@@ -107,6 +82,10 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
+// L1-allocating variant: the decode kernel's warps read the same activations.
+__device__ __forceinline__ void cp_async16_ca(uint32_t smem_addr, const void *gmem, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem), "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async4(void *smem, const void *gmem, int src_bytes) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));

@@ -5,14 +5,12 @@
 // weights as the A operand (output channels) and the tokens as B. The prepared weights give
 // every lane its A fragments of a 64-deep chunk in one 16-byte load, in the hardware's own K
 // order: the wgmma kernel takes the activations from shared memory exactly as TMA copies them,
-// and the mma.sync kernels load each lane's B fragments as 16-byte vectors transposed within
-// each quad of lanes (quad_transpose).
+// and the mma.sync kernels stage them in shared memory and read B fragments with ldmatrix.
 
 #include <cuda.h>
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <cuda_runtime.h>
 
-#include <cooperative_groups.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -21,7 +19,6 @@
 
 namespace dgq {
 
-namespace cg = cooperative_groups;
 
 // ------------------------------------------------------------------------------------------
 // Decode kernel (M <= 64): memory-bound. CTA = 4 warps = 64 output channels (one 16-row tile
@@ -56,15 +53,30 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
 
   const uint4 *wp = p.wq + static_cast<size_t>(rt) * kc * 32 + lane;
   const uint32_t *mp = p.wmeta + static_cast<size_t>(rt) * ng * 8 + g;
-  // Lane t of a quad loads bytes 16t..16t+15 of each chunk of its token row (see quad_transpose).
-  const uint4 *xrow[NT];
-  bool xvalid[NT];
+
+  // Activations go through a per-warp shared-memory batch [u][token][64 bytes] (cp.async, then
+  // ldmatrix): lanes gathering their B fragments straight from global memory (four 4-byte words
+  // each) cost four L1 wavefronts per load and made the kernel L1-bound at M >= 16, and a quad
+  // shuffle transpose of 16-byte loads lengthened every batch (H100, 8192² M = 32: 43.7 and
+  // 28.7 µs). The 16-byte columns of a row are XOR-swizzled by (row / 2) % 4 so that the eight
+  // rows of an ldmatrix phase (64-byte stride) hit distinct banks.
+  constexpr int U = decode_unroll<NT>();
+  constexpr int kRows = U * NT * 8;
+  __shared__ __align__(128) int8_t xs_all[kDecodeWarps][kRows * kChunkK];
+  const uint32_t xs = static_cast<uint32_t>(__cvta_generic_to_shared(xs_all[warp]));
+  // cp.async: lane (g, t) copies 16-byte column t of token row nt * 8 + g of each chunk.
+  const int8_t *xsrc[NT];
+  int xbytes[NT];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     const int m = nt * 8 + g;
-    xvalid[nt] = m < p.m;
-    xrow[nt] = reinterpret_cast<const uint4 *>(p.x + static_cast<size_t>(xvalid[nt] ? m : 0) * p.k) + t;
+    xbytes[nt] = m < p.m ? 16 : 0;  // padding tokens are zero-filled
+    xsrc[nt] = p.x + static_cast<size_t>(m < p.m ? m : 0) * p.k + t * 16;
   }
+  const uint32_t st_off = static_cast<uint32_t>(g * kChunkK + ((t ^ ((g >> 1) & 3)) << 4));
+  // ldmatrix: lane 8j + r reads column j of row r of a token tile.
+  const int lr = lane & 7, lj = lane >> 3;
+  const uint32_t ld_off = static_cast<uint32_t>(lr * kChunkK + ((lj ^ ((lr >> 1) & 3)) << 4));
 
   int32_t acc[NT][4];
 #pragma unroll
@@ -73,11 +85,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
   // Programmatic dependent launch: this grid may start while the previous kernel of the stream
   // finishes; wait for it (its writes, e.g. the activations or this workspace) before reading.
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  constexpr int U = decode_unroll<NT>();
   for (int c = c_begin; c < c_end; c += U) {
     uint4 w[U];
     uint32_t meta[U];
-    uint4 xv[U][NT];
     // Issue every load of the batch before the first use so that several are in flight.
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -87,22 +97,27 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
       meta[u] = ok ? __ldg(mp + (cc / p.chunks_per_group) * 8) : 0u;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        // Out-of-range chunks and padding tokens multiply zero activations.
-        xv[u][nt] = (ok && xvalid[nt]) ? __ldg(xrow[nt] + static_cast<size_t>(cc) * (kChunkK / 16))
-                                       : make_uint4(0, 0, 0, 0);
+        // Out-of-range chunks multiply zero activations (and zero weights).
+        const size_t off = ok ? static_cast<size_t>(cc) * kChunkK : 0;
+        cp_async16_ca(xs + static_cast<uint32_t>((u * NT + nt) * 8 * kChunkK) + st_off, xsrc[nt] + off,
+                      ok ? xbytes[nt] : 0);
       }
     }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncwarp();
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       uint32_t a[2][4];
       dequant(w[u], meta[u], a);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        const uint4 b = quad_transpose(xv[u][nt], t);
+        const uint4 b = ldmatrix_x4(xs + static_cast<uint32_t>((u * NT + nt) * 8 * kChunkK) + ld_off);
         mma_s8(acc[nt], a[0], b.x, b.y);
         mma_s8(acc[nt], a[1], b.z, b.w);
       }
     }
+    __syncwarp();  // the batch's activations are read before the next batch overwrites them
   }
 
   // The main loop is done: let the next kernel's CTAs launch into the slots this grid frees.
@@ -288,11 +303,6 @@ namespace {
 
 bool aligned(const void *ptr, size_t a) { return (reinterpret_cast<uintptr_t>(ptr) % a) == 0; }
 
-bool env_flag(const char *name) {
-  const char *v = getenv(name);
-  return v != nullptr && v[0] == '1';
-}
-
 // Resident CTAs per SM of the decode kernel for a token-tile count (occupancy API, cached:
 // the answer depends only on the compiled kernel).
 int decode_ctas_per_sm(int nt) {
@@ -392,7 +402,7 @@ bool pdl_enabled() {
 }
 struct PdlLaunch {
   cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute attr[2];
+  cudaLaunchAttribute attr[1];
   PdlLaunch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream) {
     cfg.gridDim = grid;
     cfg.blockDim = block;
@@ -402,13 +412,6 @@ struct PdlLaunch {
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = pdl_enabled() ? 1 : 0;
-  }
-  void cluster(dim3 dims) {
-    cudaLaunchAttribute &c = attr[cfg.numAttrs++];
-    c.id = cudaLaunchAttributeClusterDimension;
-    c.val.clusterDim.x = dims.x;
-    c.val.clusterDim.y = dims.y;
-    c.val.clusterDim.z = dims.z;
   }
 };
 
@@ -504,18 +507,6 @@ cudaError_t activation_tensor_map(const GemmParams &p, CUtensorMap *map) {
   return tensor_map_2d(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, p.x, p.m, p.k, 128, BM, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
-// Split-K of the wgmma kernel reduced in a thread-block cluster (DGQ_WS_CLUSTER=1, being
-// measured against the workspace reduction): when every (tile, split) item gets its own CTA and
-// the split is at most the portable cluster size.
-bool ws_cluster_enabled() {
-  static const bool on = env_flag("DGQ_WS_CLUSTER");
-  return on;
-}
-constexpr int kMaxWsCluster = 8;
-bool ws_cluster_fits(int items, int split, int num_sms) {
-  return split > 1 && split <= kMaxWsCluster && items <= std::max(1, num_sms);
-}
-
 // TMA-store epilogue of the wgmma kernel for f16/bf16 output, 16-byte aligned (measured on H100
 // against per-thread stores: 4096² M = 4096 110.8 vs 120.8 µs, 11008×4096 296 vs 335;
 // DGQ_WS_TMA_STORE=0 turns it off for comparisons).
@@ -534,21 +525,19 @@ cudaError_t output_tensor_map(const GemmParams &p, CUtensorMap *map) {
   return tensor_map_2d(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, p.out, p.m, p.n, 64, BM, CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
 
-template <int BM, int OUT, bool CLUSTER, bool TSTORE>
+template <int BM, int OUT, bool TSTORE>
 cudaError_t launch_ws_grid(const GemmParams &p, const CUtensorMap &tmap, const CUtensorMap &tmap_out, int split,
                            int per, int grid, cudaStream_t stream) {
   using C = WsCfg<BM, TSTORE>;
-  const cudaError_t e = cudaFuncSetAttribute(ws_kernel<BM, OUT, CLUSTER, TSTORE>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(C::kSmem));
+  const cudaError_t e = cudaFuncSetAttribute(ws_kernel<BM, OUT, TSTORE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(C::kSmem));
   if (e != cudaSuccess) return e;
   PdlLaunch l(dim3(grid), dim3(kWsThreads), C::kSmem, stream);
-  if constexpr (CLUSTER) l.cluster(dim3(split, 1, 1));
-  return cudaLaunchKernelEx(&l.cfg, ws_kernel<BM, OUT, CLUSTER, TSTORE>, p, tmap, tmap_out, split, per);
+  return cudaLaunchKernelEx(&l.cfg, ws_kernel<BM, OUT, TSTORE>, p, tmap, tmap_out, split, per);
 }
 
-// `cluster`: the caller allows the cluster reduction (it is used when it fits).
 template <int BM, int OUT>
-int launch_ws(const GemmParams &p, int split, bool cluster, int num_sms, cudaStream_t stream) {
+int launch_ws(const GemmParams &p, int split, int num_sms, cudaStream_t stream) {
   CUtensorMap tmap;
   const cudaError_t te = activation_tensor_map<BM>(p, &tmap);
   if (te != cudaSuccess) return static_cast<int>(te);
@@ -556,40 +545,29 @@ int launch_ws(const GemmParams &p, int split, bool cluster, int num_sms, cudaStr
   const int stages = p.k / (kChunkK * kWsChunks);
   const int per = (stages + split - 1) / split;
   split = (stages + per - 1) / per;
-  const int items = tiles * split;
+  // Persistent: one CTA per SM at most, looping over the (tile, split) items.
+  const int grid = std::min(tiles * split, std::max(1, num_sms));
   CUtensorMap tmap_out = {};
-  bool tstore = false;
+  cudaError_t le;
   if constexpr (OUT != DGQ_OUT_I32) {
     if (ws_tma_store_enabled() && aligned(p.out, 16)) {
       const cudaError_t oe = output_tensor_map<BM>(p, &tmap_out);
       if (oe != cudaSuccess) return static_cast<int>(oe);
-      tstore = true;
+      le = launch_ws_grid<BM, OUT, true>(p, tmap, tmap_out, split, per, grid, stream);
+      if (le != cudaSuccess) return static_cast<int>(le);
+      return static_cast<int>(cudaGetLastError());
     }
   }
-  cudaError_t le;
-  if (cluster && ws_cluster_fits(items, split, num_sms)) {
-    le = launch_ws_grid<BM, OUT, true, false>(p, tmap, tmap_out, split, per, items, stream);
-  } else {
-    // Persistent: one CTA per SM at most, looping over the (tile, split) items.
-    const int grid = std::min(items, std::max(1, num_sms));
-    if constexpr (OUT != DGQ_OUT_I32) {
-      if (tstore) {
-        le = launch_ws_grid<BM, OUT, false, true>(p, tmap, tmap_out, split, per, grid, stream);
-        if (le != cudaSuccess) return static_cast<int>(le);
-        return static_cast<int>(cudaGetLastError());
-      }
-    }
-    le = launch_ws_grid<BM, OUT, false, false>(p, tmap, tmap_out, split, per, grid, stream);
-  }
+  le = launch_ws_grid<BM, OUT, false>(p, tmap, tmap_out, split, per, grid, stream);
   if (le != cudaSuccess) return static_cast<int>(le);
   return static_cast<int>(cudaGetLastError());
 }
 
 template <int OUT>
-int launch_wgmma(const GemmParams &p, int bm, int split, bool cluster, int num_sms, cudaStream_t stream) {
-  if (bm == 256) return launch_ws<256, OUT>(p, split, cluster, num_sms, stream);
-  if (bm == 128) return launch_ws<128, OUT>(p, split, cluster, num_sms, stream);
-  return launch_ws<64, OUT>(p, split, cluster, num_sms, stream);
+int launch_wgmma(const GemmParams &p, int bm, int split, int num_sms, cudaStream_t stream) {
+  if (bm == 256) return launch_ws<256, OUT>(p, split, num_sms, stream);
+  if (bm == 128) return launch_ws<128, OUT>(p, split, num_sms, stream);
+  return launch_ws<64, OUT>(p, split, num_sms, stream);
 }
 
 template <int OUT>
@@ -619,14 +597,6 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
     int split = a.split_k > 0 ? a.split_k : wgmma_split(a.m, a.n, a.k, num_sms);
     const int stages = a.k / (kChunkK * kWsChunks);
     split = std::max(1, std::min(split, stages));
-    {
-      const int per = (stages + split - 1) / split;
-      const int effective = (stages + per - 1) / per;
-      // The cluster reduction needs no workspace.
-      if (ws_cluster_enabled() && ws_cluster_fits(tiles * effective, effective, num_sms)) {
-        return launch_wgmma<OUT>(p, bm, split, true, num_sms, stream);
-      }
-    }
     if (split > 1) {
       // Shrink the split to what the caller's workspace holds rather than failing.
       const size_t per_split = static_cast<size_t>(a.m) * a.n;
@@ -635,7 +605,7 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
       if (a.ws_counters == nullptr || a.ws_counters_len < static_cast<size_t>(tiles)) split = 1;
       split = static_cast<int>(std::min<size_t>(split, std::max<size_t>(fit, 1)));
     }
-    return launch_wgmma<OUT>(p, bm, std::max(split, 1), false, num_sms, stream);
+    return launch_wgmma<OUT>(p, bm, std::max(split, 1), num_sms, stream);
   }
   return launch_prefill<OUT>(p, num_sms, stream);
 }

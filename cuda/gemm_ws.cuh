@@ -21,7 +21,6 @@
 // of 32 B) made the kernel 1.36× slower.
 #pragma once
 
-#include <cooperative_groups.h>
 #include <cuda.h>  // CUtensorMap
 
 #include "gemm_wgmma.cuh"
@@ -157,10 +156,7 @@ __device__ __forceinline__ WsItem ws_item(const GemmParams &p, int w, int tiles,
 // 128-byte-swizzled tile in shared memory and written by two TMA stores (rows past M clipped by
 // the tensor map), so the consumers go on to the next tile's MMAs while it drains; otherwise
 // every thread stores its channel pairs to global memory itself.
-// CLUSTER (split > 1, one item per CTA): the split CTAs of a tile are one thread-block cluster
-// (consecutive blockIdx.x) and reduce their partial tiles through distributed shared memory
-// instead of the global workspace, fence and ticket.
-template <int BM, int OUT, bool CLUSTER, bool TSTORE>
+template <int BM, int OUT, bool TSTORE>
 __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, const __grid_constant__ CUtensorMap tmap_x,
                                                            const __grid_constant__ CUtensorMap tmap_out,
                                                            const int split, const int stages_per_split) {
@@ -176,10 +172,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
   const int items = tiles * split;
   const int kc = p.k / kChunkK;
   const int ng = p.k / p.group_size;
-  // Work items w0, w0 + stride, ...: persistent over all items, or (CLUSTER) exactly one.
-  const int w0 = CLUSTER ? static_cast<int>(blockIdx.x) / split + tiles * (static_cast<int>(blockIdx.x) % split)
-                         : static_cast<int>(blockIdx.x);
-  const int stride = CLUSTER ? items : static_cast<int>(gridDim.x);
+  // Persistent: work items blockIdx.x, blockIdx.x + gridDim.x, ...
+  const int w0 = static_cast<int>(blockIdx.x);
+  const int stride = static_cast<int>(gridDim.x);
 
   if (tid == 0) {
     for (int s = 0; s < C::kStages; ++s) {
@@ -401,53 +396,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
           asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
         }
       }
-      continue;
-    }
-
-    if constexpr (CLUSTER) {
-      // Every stage of this CTA's only item has been consumed and nothing more is loaded, so
-      // the ring is free once both consumer warpgroups are past their last wgmma: park the
-      // partial tile there as [token][channel] (row stride padded against bank conflicts).
-      constexpr int kLd = kWsBN + 4;
-      static_assert(static_cast<size_t>(BM) * kLd * 4 <= static_cast<size_t>(C::kStages) * C::kStageU4 * 16,
-                    "the partial tile fits in the ring");
-      int32_t *red = reinterpret_cast<int32_t *>(smem);
-      consumer_sync();
-#pragma unroll
-      for (int i = 0; i < BM / 8; ++i) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          red[(i * 8 + t * 2 + (r & 1)) * kLd + rtl * 16 + g + (r >> 1) * 8] = acc[i * 4 + r];
-        }
-      }
-      cg::cluster_group cl = cg::this_cluster();
-      cl.sync();
-      // This CTA reduces tokens rank, rank + split, ...: one (token, 4-channel) unit per thread.
-      const int rank = static_cast<int>(cl.block_rank());
-      const int rows = min(BM, p.m - it.m_base);
-      const int n_base = it.tile_n * kWsBN;
-      for (int u = tid; u < BM * (kWsBN / 4); u += 256) {
-        const int row = rank + split * (u / (kWsBN / 4));
-        if (row >= rows) break;  // rows grow with u
-        const int c = (u % (kWsBN / 4)) * 4;
-        int4 sum = make_int4(0, 0, 0, 0);
-        for (int q = 0; q < split; ++q) {
-          const int4 v = *reinterpret_cast<const int4 *>(cl.map_shared_rank(red, q) + row * kLd + c);
-          sum.x += v.x;
-          sum.y += v.y;
-          sum.z += v.z;
-          sum.w += v.w;
-        }
-        const int m = it.m_base + row;
-        const float sxv = row_scale<OUT>(p, m);
-        const int32_t vals[4] = {sum.x, sum.y, sum.z, sum.w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int n = n_base + c + e;
-          store_scaled<OUT>(p, m, n, vals[e], sxv, col_scale<OUT>(p, n), col_bias<OUT>(p, n));
-        }
-      }
-      cl.sync();  // this CTA's tile stays alive until every CTA of the cluster has read it
       continue;
     }
 

@@ -54,26 +54,48 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
   const uint4 *wp = p.wq + static_cast<size_t>(rt) * kc * 32 + lane;
   const uint32_t *mp = p.wmeta + static_cast<size_t>(rt) * ng * 8 + g;
 
-  // Activations go through a per-warp shared-memory batch [u][token][64 bytes] (cp.async, then
-  // ldmatrix): lanes gathering their B fragments straight from global memory (four 4-byte words
-  // each) cost four L1 wavefronts per load and made the kernel L1-bound at M >= 16, and a quad
-  // shuffle transpose of 16-byte loads lengthened every batch (H100, 8192² M = 32: 43.7 and
-  // 28.7 µs). The 16-byte columns of a row are XOR-swizzled by (row / 2) % 4 so that the eight
-  // rows of an ldmatrix phase (64-byte stride) hit distinct banks.
+  // The activations of a batch of U chunks go through shared memory, once per CTA for its four
+  // warps, double-buffered: the copies of batch b + 1 (cp.async) are issued before batch b is
+  // computed, so only the weights' HBM latency is exposed, and the warps read B fragments with
+  // ldmatrix. (Each lane gathering its fragments from global memory as four 4-byte words cost
+  // four L1 wavefronts per load and made the kernel L1-bound at M >= 16, 8192² M = 32: 43.7 µs;
+  // per-warp copies of every batch read the activations four times over: 28.2 µs.) Layout of a
+  // buffer: [u][token][64 bytes], the 16-byte columns of a row XOR-swizzled by (row / 2) % 4 so
+  // that the eight rows of an ldmatrix phase (64-byte stride) hit distinct banks. Rows of
+  // padding tokens are zeroed once and never copied.
   constexpr int U = decode_unroll<NT>();
-  constexpr int kRows = U * NT * 8;
-  __shared__ __align__(128) int8_t xs_all[kDecodeWarps][kRows * kChunkK];
-  const uint32_t xs = static_cast<uint32_t>(__cvta_generic_to_shared(xs_all[warp]));
-  // cp.async: lane (g, t) copies 16-byte column t of token row nt * 8 + g of each chunk.
-  const int8_t *xsrc[NT];
-  int xbytes[NT];
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    const int m = nt * 8 + g;
-    xbytes[nt] = m < p.m ? 16 : 0;  // padding tokens are zero-filled
-    xsrc[nt] = p.x + static_cast<size_t>(m < p.m ? m : 0) * p.k + t * 16;
+  constexpr int kTok = NT * 8;
+  constexpr int kBufBytes = U * kTok * kChunkK;
+  constexpr int kThreads = kDecodeWarps * 32;
+  constexpr int kPieces = U * kTok * 4 / kThreads;  // 16-byte copies per thread and batch
+  static_assert(kPieces * kThreads == U * kTok * 4, "whole copies per thread");
+  __shared__ __align__(128) int8_t xs_buf[2 * kBufBytes];
+  const uint32_t xs = static_cast<uint32_t>(__cvta_generic_to_shared(xs_buf));
+  for (int i = threadIdx.x; i < 2 * kBufBytes / 16; i += kThreads) {
+    const int row = (i / 4) % kTok;
+    if (row >= p.m) reinterpret_cast<uint4 *>(xs_buf)[i] = make_uint4(0, 0, 0, 0);
   }
-  const uint32_t st_off = static_cast<uint32_t>(g * kChunkK + ((t ^ ((g >> 1) & 3)) << 4));
+  // This thread's copies: piece i = threadIdx.x + j * kThreads is chunk u, token row m, column q.
+  uint32_t cp_dst[kPieces];
+  int cp_src[kPieces];  // byte offset from the batch's first chunk of row 0 (m·K + u·64 + 16q)
+  int cp_u[kPieces];    // -1: a padding token, not copied
+#pragma unroll
+  for (int j = 0; j < kPieces; ++j) {
+    const int i = threadIdx.x + j * kThreads;
+    const int u = i / (kTok * 4), m = (i / 4) % kTok, q = i % 4;
+    cp_dst[j] = static_cast<uint32_t>((u * kTok + m) * kChunkK + ((q ^ ((m >> 1) & 3)) << 4));
+    cp_src[j] = m * p.k + u * kChunkK + q * 16;
+    cp_u[j] = m < p.m ? u : -1;
+  }
+  auto copy_batch = [&](int c, int buf) {
+#pragma unroll
+    for (int j = 0; j < kPieces; ++j) {
+      if (cp_u[j] >= 0 && c + cp_u[j] < c_end) {
+        cp_async16_ca(xs + buf * kBufBytes + cp_dst[j], p.x + static_cast<size_t>(c) * kChunkK + cp_src[j], 16);
+      }
+    }
+    cp_async_commit();
+  };
   // ldmatrix: lane 8j + r reads column j of row r of a token tile.
   const int lr = lane & 7, lj = lane >> 3;
   const uint32_t ld_off = static_cast<uint32_t>(lr * kChunkK + ((lj ^ ((lr >> 1) & 3)) << 4));
@@ -85,39 +107,36 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
   // Programmatic dependent launch: this grid may start while the previous kernel of the stream
   // finishes; wait for it (its writes, e.g. the activations or this workspace) before reading.
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  for (int c = c_begin; c < c_end; c += U) {
+  if (c_begin < c_end) copy_batch(c_begin, 0);
+  int buf = 0;
+  for (int c = c_begin; c < c_end; c += U, buf ^= 1) {
     uint4 w[U];
     uint32_t meta[U];
-    // Issue every load of the batch before the first use so that several are in flight.
+    // Issue every weight load of the batch before the first use so that several are in flight.
+    // Chunks past the split get zero A fragments (u4 0 with a zero-cancelling offset byte).
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int cc = c + u;
       const bool ok = cc < c_end;
       w[u] = ok ? ld_stream(wp + static_cast<size_t>(cc) * 32) : make_uint4(0, 0, 0, 0);
-      meta[u] = ok ? __ldg(mp + (cc / p.chunks_per_group) * 8) : 0u;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        // Out-of-range chunks multiply zero activations (and zero weights).
-        const size_t off = ok ? static_cast<size_t>(cc) * kChunkK : 0;
-        cp_async16_ca(xs + static_cast<uint32_t>((u * NT + nt) * 8 * kChunkK) + st_off, xsrc[nt] + off,
-                      ok ? xbytes[nt] : 0);
-      }
+      meta[u] = ok ? __ldg(mp + (cc / p.chunks_per_group) * 8) : 0x80008000u;
     }
-    cp_async_commit();
     cp_async_wait<0>();
-    __syncwarp();
+    // Everyone's copies of this batch have landed, and everyone is done with the other buffer.
+    __syncthreads();
+    if (c + U < c_end) copy_batch(c + U, buf ^ 1);
+    const uint32_t xb = xs + buf * kBufBytes + ld_off;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       uint32_t a[2][4];
       dequant(w[u], meta[u], a);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        const uint4 b = ldmatrix_x4(xs + static_cast<uint32_t>((u * NT + nt) * 8 * kChunkK) + ld_off);
+        const uint4 b = ldmatrix_x4(xb + static_cast<uint32_t>((u * kTok + nt * 8) * kChunkK));
         mma_s8(acc[nt], a[0], b.x, b.y);
         mma_s8(acc[nt], a[1], b.z, b.w);
       }
     }
-    __syncwarp();  // the batch's activations are read before the next batch overwrites them
   }
 
   // The main loop is done: let the next kernel's CTAs launch into the slots this grid frees.

@@ -38,7 +38,7 @@ __host__ __device__ constexpr int decode_unroll() {
 constexpr int kDecodeMaxM = 64;
 __host__ __device__ constexpr int decode_nt(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
-template <int NT, int OUT>
+template <int NT, int OUT, int U = decode_unroll<NT>()>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmParams p, const int split,
                                                                    const int chunks_per_split) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -63,7 +63,6 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
   // buffer: [u][token][64 bytes], the 16-byte columns of a row XOR-swizzled by (row / 2) % 4 so
   // that the eight rows of an ldmatrix phase (64-byte stride) hit distinct banks. Rows of
   // padding tokens are zeroed once and never copied.
-  constexpr int U = decode_unroll<NT>();
   constexpr int kTok = NT * 8;
   constexpr int kBufBytes = U * kTok * kChunkK;
   constexpr int kThreads = kDecodeWarps * 32;
@@ -322,6 +321,12 @@ namespace {
 
 bool aligned(const void *ptr, size_t a) { return (reinterpret_cast<uintptr_t>(ptr) % a) == 0; }
 
+// EXPERIMENT: DGQ_DECODE_U8=1 gives the one-token-tile decode kernel 8 chunks per batch.
+bool decode_u8() {
+  static const bool on = getenv("DGQ_DECODE_U8") != nullptr;
+  return on;
+}
+
 // Resident CTAs per SM of the decode kernel for a token-tile count (occupancy API, cached:
 // the answer depends only on the compiled kernel).
 int decode_ctas_per_sm(int nt) {
@@ -331,7 +336,9 @@ int decode_ctas_per_sm(int nt) {
   if (c != 0) return c;
   int b = 0;
   cudaError_t e;
-  if (nt == 1) {
+  if (nt == 1 && decode_u8()) {
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<1, DGQ_OUT_F16, 8>, kDecodeWarps * 32, 0);
+  } else if (nt == 1) {
     e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<1, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
   } else if (nt == 2) {
     e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<2, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
@@ -353,12 +360,17 @@ int decode_split(int m, int n, int k, int num_sms) {
   const int row_blocks = n / kDecodeRows;
   const int kc = k / kChunkK;
   const int nt = decode_nt(m);
+  const int u = nt == 1 && decode_u8() ? 8 : nt >= 8 ? decode_unroll<8>() : decode_unroll<1>();
   // Fill every resident CTA slot once (a single wave: a partial second wave would stream its
   // share at a fraction of the bandwidth) while each warp keeps at least two batches of loads.
   const int slots = std::max(1, num_sms) * decode_ctas_per_sm(nt);
   int split = std::max(1, slots / row_blocks);
-  split = std::min(split, std::max(1, kc / (2 * kDecodeUnroll)));
-  const int per = (kc + split - 1) / split;
+  split = std::min(split, std::max(1, kc / (2 * u)));
+  // Whole batches per split: a split's time is its number of batches (one HBM round trip
+  // each), so a last batch of one chunk costs as much as a full one (H100, 8192² M = 1: split 10
+  // = 13 chunks each, 17.5 µs; split 8 = 16 chunks, 16.3 µs).
+  const int batches = (kc + u - 1) / u;
+  const int per = ((batches + split - 1) / split) * u;
   return (kc + per - 1) / per;
 }
 
@@ -438,6 +450,9 @@ template <int NT, int OUT>
 cudaError_t launch_decode_nt(const GemmParams &p, int split, int per, cudaStream_t stream) {
   // Launched with PDL so that its launch and ramp overlap the previous kernel's tail.
   PdlLaunch l(dim3(p.n / kDecodeRows, split), dim3(kDecodeWarps * 32), 0, stream);
+  if constexpr (NT == 1) {
+    if (decode_u8()) return cudaLaunchKernelEx(&l.cfg, decode_kernel<1, OUT, 8>, p, split, per);
+  }
   return cudaLaunchKernelEx(&l.cfg, decode_kernel<NT, OUT>, p, split, per);
 }
 

@@ -19,7 +19,6 @@
 
 namespace dgq {
 
-
 // ------------------------------------------------------------------------------------------
 // Decode kernel (M <= 64): memory-bound. CTA = 4 warps = 64 output channels (one 16-row tile
 // per warp) × one K slice; grid.y splits K so that all SMs stream weights. Partial sums of a
@@ -29,8 +28,9 @@ namespace dgq {
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeRows = 16 * kDecodeWarps;
 constexpr int kDecodeUnroll = 4;
-// Chunks in flight per warp. (8 for one token tile measured slower on H100: fewer resident CTAs.)
-// Eight token tiles (M <= 64) halve it to stay within registers.
+// Chunks per batch (in flight per warp). 8 for one token tile was measured on H100 (71 instead of
+// 48 registers, 7 instead of 10 resident CTAs): 8192² M = 1 17.5 vs 16.3 µs, 8192×28672 45.5 vs
+// 46.8, so 4 stays. Eight token tiles (M <= 64) halve it to stay within registers.
 template <int NT>
 __host__ __device__ constexpr int decode_unroll() {
   return NT >= 8 ? kDecodeUnroll / 2 : kDecodeUnroll;
@@ -38,7 +38,7 @@ __host__ __device__ constexpr int decode_unroll() {
 constexpr int kDecodeMaxM = 64;
 __host__ __device__ constexpr int decode_nt(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
-template <int NT, int OUT, int U = decode_unroll<NT>()>
+template <int NT, int OUT>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmParams p, const int split,
                                                                    const int chunks_per_split) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -63,6 +63,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
   // buffer: [u][token][64 bytes], the 16-byte columns of a row XOR-swizzled by (row / 2) % 4 so
   // that the eight rows of an ldmatrix phase (64-byte stride) hit distinct banks. Rows of
   // padding tokens are zeroed once and never copied.
+  constexpr int U = decode_unroll<NT>();
   constexpr int kTok = NT * 8;
   constexpr int kBufBytes = U * kTok * kChunkK;
   constexpr int kThreads = kDecodeWarps * 32;
@@ -321,12 +322,6 @@ namespace {
 
 bool aligned(const void *ptr, size_t a) { return (reinterpret_cast<uintptr_t>(ptr) % a) == 0; }
 
-// EXPERIMENT: DGQ_DECODE_U8=1 gives the one-token-tile decode kernel 8 chunks per batch.
-bool decode_u8() {
-  static const bool on = getenv("DGQ_DECODE_U8") != nullptr;
-  return on;
-}
-
 // Resident CTAs per SM of the decode kernel for a token-tile count (occupancy API, cached:
 // the answer depends only on the compiled kernel).
 int decode_ctas_per_sm(int nt) {
@@ -336,9 +331,7 @@ int decode_ctas_per_sm(int nt) {
   if (c != 0) return c;
   int b = 0;
   cudaError_t e;
-  if (nt == 1 && decode_u8()) {
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<1, DGQ_OUT_F16, 8>, kDecodeWarps * 32, 0);
-  } else if (nt == 1) {
+  if (nt == 1) {
     e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<1, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
   } else if (nt == 2) {
     e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<2, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
@@ -360,7 +353,7 @@ int decode_split(int m, int n, int k, int num_sms) {
   const int row_blocks = n / kDecodeRows;
   const int kc = k / kChunkK;
   const int nt = decode_nt(m);
-  const int u = nt == 1 && decode_u8() ? 8 : nt >= 8 ? decode_unroll<8>() : decode_unroll<1>();
+  const int u = nt >= 8 ? decode_unroll<8>() : decode_unroll<1>();
   // Fill every resident CTA slot once (a single wave: a partial second wave would stream its
   // share at a fraction of the bandwidth) while each warp keeps at least two batches of loads.
   const int slots = std::max(1, num_sms) * decode_ctas_per_sm(nt);
@@ -450,9 +443,6 @@ template <int NT, int OUT>
 cudaError_t launch_decode_nt(const GemmParams &p, int split, int per, cudaStream_t stream) {
   // Launched with PDL so that its launch and ramp overlap the previous kernel's tail.
   PdlLaunch l(dim3(p.n / kDecodeRows, split), dim3(kDecodeWarps * 32), 0, stream);
-  if constexpr (NT == 1) {
-    if (decode_u8()) return cudaLaunchKernelEx(&l.cfg, decode_kernel<1, OUT, 8>, p, split, per);
-  }
   return cudaLaunchKernelEx(&l.cfg, decode_kernel<NT, OUT>, p, split, per);
 }
 

@@ -67,8 +67,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
   constexpr int kTok = NT * 8;
   constexpr int kBufBytes = U * kTok * kChunkK;
   constexpr int kThreads = kDecodeWarps * 32;
-  constexpr int kPieces = U * kTok * 4 / kThreads;  // 16-byte copies per thread and batch
-  static_assert(kPieces * kThreads == U * kTok * 4, "whole copies per thread");
+  constexpr int kCopies = U * kTok * 4;  // 16-byte copies per batch
+  constexpr int kPieces = (kCopies + kThreads - 1) / kThreads;  // per thread
   __shared__ __align__(128) int8_t xs_buf[2 * kBufBytes];
   const uint32_t xs = static_cast<uint32_t>(__cvta_generic_to_shared(xs_buf));
   for (int i = threadIdx.x; i < 2 * kBufBytes / 16; i += kThreads) {
@@ -78,14 +78,14 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
   // This thread's copies: piece i = threadIdx.x + j * kThreads is chunk u, token row m, column q.
   uint32_t cp_dst[kPieces];
   int cp_src[kPieces];  // byte offset from the batch's first chunk of row 0 (m·K + u·64 + 16q)
-  int cp_u[kPieces];    // -1: a padding token, not copied
+  int cp_u[kPieces];    // -1: a padding token (or no copy), not copied
 #pragma unroll
   for (int j = 0; j < kPieces; ++j) {
     const int i = threadIdx.x + j * kThreads;
     const int u = i / (kTok * 4), m = (i / 4) % kTok, q = i % 4;
     cp_dst[j] = static_cast<uint32_t>((u * kTok + m) * kChunkK + ((q ^ ((m >> 1) & 3)) << 4));
     cp_src[j] = m * p.k + u * kChunkK + q * 16;
-    cp_u[j] = m < p.m ? u : -1;
+    cp_u[j] = i < kCopies && m < p.m ? u : -1;
   }
   auto copy_batch = [&](int c, int buf) {
 #pragma unroll

@@ -25,14 +25,7 @@ struct GemmParams {
   int chunks_per_group;  // group_size / 64
   int32_t *ws_partials;
   uint32_t *ws_counters;
-  // Activations already in the wgmma kernel's shared-memory order (see xperm_kernel), or null;
-  // rows padded to xp_rows(m).
-  const int8_t *xp;
 };
-
-// Row count of the pre-permuted activations: M rounded up to the largest wgmma token tile.
-constexpr int kXpRows = 256;
-__host__ __device__ __forceinline__ int xp_rows(int m) { return (m + kXpRows - 1) / kXpRows * kXpRows; }
 
 // Four u4 codes (one per byte, 0..15) -> four int8 weights. No byte carries into the next:
 // q'·S2 + a = W_s8 + 128 ∈ [1, 255] for every valid weight (prepare() guarantees it), so one
@@ -58,6 +51,18 @@ __device__ __forceinline__ void dequant(const uint4 p, const uint32_t meta, uint
   a[1][3] = dq4((p.w >> 4) & 0x0f0f0f0fu, s_hi, a_hi);
 }
 
+// The B fragments of one 64-deep chunk for 8 token rows: k-step 0 takes k = 4t..4t+3 and
+// 16+4t..16+4t+3 of row g (lane = 4g + t), k-step 1 the same 32 further on (the prepared weights
+// hold the matching A fragments). ldmatrix.x4 reads them from shared memory: matrix j is bytes
+// 16j..16j+15 of the 8 rows, and lane 8j + r gives the address of row r of matrix j.
+__device__ __forceinline__ uint4 ldmatrix_x4(uint32_t smem_addr) {
+  uint4 v;
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(smem_addr));
+  return v;
+}
+
 __device__ __forceinline__ void mma_s8(int32_t (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
@@ -77,6 +82,10 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
+// L1-allocating variant: the decode kernel's warps read the same activations.
+__device__ __forceinline__ void cp_async16_ca(uint32_t smem_addr, const void *gmem, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem), "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async4(void *smem, const void *gmem, int src_bytes) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));

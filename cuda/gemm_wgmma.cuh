@@ -22,9 +22,6 @@ template <int N>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-__device__ __forceinline__ void fence_proxy_async() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
 
 // d += A (registers, m64 × k32 s8) · B (descriptor, nN × k32 s8, K-major), for N = 64, 128, 256.
 __device__ __forceinline__ void wgmma_m64n64k32_rs(int32_t (&d)[32], const uint32_t (&a)[4], uint64_t desc_b) {

@@ -9,18 +9,19 @@
 // (A stand-alone loop of exactly this consumer work — LDS, meta __ldg, dequant, RS wgmma — runs
 // at 1920 TOPS on the H100, so the consumer side is not what limits the kernel.)
 //
-// Producer, per stage: thread 0 arms the stage's `full` barrier with the byte count and issues
-// one 1 KB bulk copy per 16-channel row tile (cp.async.bulk; the prepared weights of a row tile
-// are contiguous over the stage's 128 K) and, when PRE, one bulk copy of the activations, which
-// xperm_kernel has already put in this kernel's shared-memory order (128-byte swizzle, prepared
-// K permutation) in the workspace. Without that scratch (PRE = false) the producer threads
-// cp.async their (token, 64-byte) pieces in 16-byte units into the swizzled slots, wait for them
-// kLag stages later, transpose the 4-byte words in place and arrive after a proxy fence — correct
-// but 1.6× slower at M = 4096 (ncu, 28672×8192: 3.97 vs 2.44 ms). Consumers arrive on `empty`
-// once the wgmma of a stage has retired. The (S2, a) meta words are read with __ldg issued before
-// the consumers wait for the stage: bulk-copying them into the stage (16 copies of 32 B) made the
-// kernel 1.36× slower.
+// Producer, per stage: one thread arms the stage's `full` barrier with the byte count, loads the
+// BM × 128-byte activation tile with one TMA copy (2-D tensor map over the caller's int8 [M, K],
+// 128-byte swizzle, rows past M zero-filled) and issues one 1 KB bulk copy per 16-channel row
+// tile (cp.async.bulk; the prepared weights of a row tile are contiguous over the stage's
+// 128 K). The prepared weights hold each lane's A fragments in the hardware's own K order, so
+// the activations need no permutation (until h100-v8 they were permuted by a separate kernel
+// into a workspace copy: 2·M·K bytes of extra traffic and one more launch per GEMM).
+// Consumers arrive on `empty` once the wgmma of a stage has retired. The (S2, a) meta words are
+// read with __ldg issued stages ahead of their use: bulk-copying them into the stage (16 copies
+// of 32 B) made the kernel 1.36× slower.
 #pragma once
+
+#include <cuda.h>  // CUtensorMap
 
 #include "gemm_wgmma.cuh"
 
@@ -33,20 +34,21 @@ constexpr int kWsConsumerRegs = 208;  // setmaxnreg: 2·128·208 + 128·88 = 384
 constexpr int kWsProducerRegs = 88;
 constexpr int kWsGroupM = 8;  // raster: 8 token tiles share each weight tile while it sits in L2
 
-template <int BM>
+// TSTORE: f16/bf16 tiles leave through shared memory and a TMA store (see ws_kernel), which
+// needs a 128-channel × BM output tile of shared memory next to the ring (BM = 256: one stage
+// fewer to fit).
+template <int BM, bool TSTORE = false>
 struct WsCfg {
-  static_assert(kXpRows % BM == 0, "a token tile never crosses the padded activation rows");
   static constexpr int kXU4 = BM * 8;                              // BM rows × 128 B
   static constexpr int kWU4 = (kWsBN / 16) * kWsChunks * 32;       // 8 row tiles × 1 KB
   static constexpr int kStageU4 = kXU4 + kWU4;                     // a multiple of 1 KB
-  static constexpr int kStages = BM == 256 ? 5 : 8;                // ≤ 200 KB of ring (more measured the same)
-  static constexpr size_t kSmem = static_cast<size_t>(kStages) * kStageU4 * 16 + 2 * kStages * 8;
-  static constexpr int kPieces = BM * 2 / 128;                     // (token, 64 B) pieces per producer thread
-  // Stages of activation copies in flight per producer thread before it transposes them.
-  static constexpr int kLag = 2;  // (2, 3 and 5 measured the same)
+  static constexpr int kStages = BM == 256 ? (TSTORE ? 4 : 5) : 8;  // ≤ 200 KB of ring (more measured the same)
+  static constexpr int kOutU4 = TSTORE ? BM * kWsBN * 2 / 16 : 0;  // two [BM][64] 16-bit boxes
+  static constexpr size_t kSmem = static_cast<size_t>(kStages * kStageU4 + kOutU4) * 16 + 2 * kStages * 8;
   // Stages of meta words loaded ahead into the consumers' register ring (BM = 256 has no
   // registers for four, and its stages are long enough for two).
   static constexpr int kMetaAhead = BM == 256 ? 2 : 4;
+  static_assert(kSmem <= 227 * 1024, "shared memory per CTA");
 };
 
 __device__ __forceinline__ uint32_t smem_u32(const void *p) {
@@ -79,6 +81,21 @@ __device__ __forceinline__ void bulk_copy_g2s(void *dst, const void *src, uint32
           smem_u32(dst)),
       "l"(src), "r"(bytes), "r"(smem_u32(bar))
       : "memory");
+}
+// TMA: box {128 bytes of K at k0, BM rows at row0} of a 2-D tensor map -> shared memory.
+__device__ __forceinline__ void tma_load_2d(void *dst, const CUtensorMap *map, int k0, int row0, uint64_t *bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(k0), "r"(row0), "r"(smem_u32(bar))
+      : "memory");
+}
+// TMA: shared memory -> box {64 16-bit channels at n0, BM rows at row0} of a 2-D tensor map.
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap *map, const void *src, int n0, int row0) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(smem_u32(src)), "r"(n0), "r"(row0)
+               : "memory");
 }
 template <int R>
 __device__ __forceinline__ void setmaxnreg_inc() {
@@ -135,12 +152,18 @@ __device__ __forceinline__ WsItem ws_item(const GemmParams &p, int w, int tiles,
   return it;
 }
 
-template <int BM, int OUT, bool PRE>
-__global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, const int split,
-                                                           const int stages_per_split) {
-  using C = WsCfg<BM>;
+// TSTORE (f16/bf16 output, 16-byte aligned): a tile without split-K is converted into a
+// 128-byte-swizzled tile in shared memory and written by two TMA stores (rows past M clipped by
+// the tensor map), so the consumers go on to the next tile's MMAs while it drains; otherwise
+// every thread stores its channel pairs to global memory itself.
+template <int BM, int OUT, bool TSTORE>
+__global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, const __grid_constant__ CUtensorMap tmap_x,
+                                                           const __grid_constant__ CUtensorMap tmap_out,
+                                                           const int split, const int stages_per_split) {
+  using C = WsCfg<BM, TSTORE>;
+  static_assert(!TSTORE || OUT != DGQ_OUT_I32, "the TMA-store epilogue writes 16-bit outputs");
   extern __shared__ __align__(1024) uint4 smem[];
-  uint64_t *full = reinterpret_cast<uint64_t *>(smem + C::kStages * C::kStageU4);
+  uint64_t *full = reinterpret_cast<uint64_t *>(smem + C::kStages * C::kStageU4 + C::kOutU4);
   uint64_t *empty = full + C::kStages;
   const int tid = threadIdx.x, lane = tid & 31;
   const int wg = tid >> 7;
@@ -149,12 +172,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
   const int items = tiles * split;
   const int kc = p.k / kChunkK;
   const int ng = p.k / p.group_size;
+  // Persistent: work items blockIdx.x, blockIdx.x + gridDim.x, ...
+  const int w0 = static_cast<int>(blockIdx.x);
+  const int stride = static_cast<int>(gridDim.x);
 
   if (tid == 0) {
     for (int s = 0; s < C::kStages; ++s) {
-      // The producer threads (transposing activations) + the expect_tx arrival; with
-      // pre-permuted activations only the latter.
-      mbar_init(full + s, PRE ? 1 : 128 + 1);
+      mbar_init(full + s, 1);  // the producer's expect_tx arrival
       mbar_init(empty + s, 8);  // one per consumer warp
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -167,90 +191,34 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
   if (wg == 2) {
     // ---------------------------------- producer ----------------------------------
     setmaxnreg_dec<kWsProducerRegs>();
-    const int pt = tid - 256;
+    if (tid != 256) return;
+    // One thread issues every copy in straight-line code (spread over a warp's lanes, the
+    // compiler serialises bulk copies through an elect loop anyway).
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tmap_x)) : "memory");
     const size_t wrow = static_cast<size_t>(kc) * 32;  // uint4 per row tile
     int slot = 0, round = 0;  // of the next stage to load
-    int tslot = 0;            // of the next stage to transpose
-    for (int w = blockIdx.x; w < items; w += gridDim.x) {
+    for (int w = w0; w < items; w += stride) {
       const WsItem it = ws_item<BM>(p, w, tiles, stages_per_split);
-      // Pieces pt + 128·i of a stage's 2·BM (token row r = piece / 2, 64-byte half h).
-      const int8_t *xsrc[C::kPieces];
-      int xbytes[C::kPieces], row[C::kPieces], half[C::kPieces];
-#pragma unroll
-      for (int i = 0; i < C::kPieces; ++i) {
-        const int piece = pt + 128 * i;
-        row[i] = piece >> 1;
-        half[i] = piece & 1;
-        const int m = it.m_base + row[i];
-        xbytes[i] = m < p.m ? 16 : 0;  // tokens past M are zero-filled
-        xsrc[i] = p.x + static_cast<size_t>(m < p.m ? m : 0) * p.k + static_cast<size_t>(it.kt_begin) * 128 +
-                  64 * half[i];
-      }
-      // Thread 0 issues the stage's bulk copies in straight-line code (spread over a warp's
-      // lanes, the compiler serialises them through an elect loop).
       const uint4 *wsrc =
           p.wq + static_cast<size_t>(it.rt0) * kc * 32 + static_cast<size_t>(it.kt_begin) * (kWsChunks * 32);
-
-      for (int kt = 0; kt < it.kt_total + (PRE ? 0 : C::kLag); ++kt) {
-        // First finish stage kt - kLag, so that its `full` arrival never waits behind the
-        // `empty` wait of a later stage.
-        if (!PRE && kt >= C::kLag) {
-          cp_async_wait<C::kLag - 1>();
-          uint4 *sx = smem + tslot * C::kStageU4;
+      for (int kt = 0; kt < it.kt_total; ++kt) {
+        if (round > 0) mbar_wait(empty + slot, (round - 1) & 1);
+        uint4 *sx = smem + slot * C::kStageU4;
+        // The TMA box counts in full even where its rows lie past M (zero-filled).
+        mbar_arrive_expect_tx(full + slot, (C::kWU4 + C::kXU4) * 16);
+        tma_load_2d(sx, &tmap_x, (it.kt_begin + kt) * 128, it.m_base, full + slot);
+        const uint4 *ws = wsrc + static_cast<size_t>(kt) * (kWsChunks * 32);
 #pragma unroll
-          for (int i = 0; i < C::kPieces; ++i) {
-            // Natural 16-byte chunk a sits at slot (4h + a) ^ (r % 8); the prepared order wants
-            // chunk j = word j of each natural chunk there: a 4×4 word transpose in place.
-            uint4 v[4];
-            int pos[4];
-#pragma unroll
-            for (int a = 0; a < 4; ++a) {
-              pos[a] = row[i] * 8 + ((4 * half[i] + a) ^ (row[i] & 7));
-              v[a] = sx[pos[a]];
-            }
-            sx[pos[0]] = make_uint4(v[0].x, v[1].x, v[2].x, v[3].x);
-            sx[pos[1]] = make_uint4(v[0].y, v[1].y, v[2].y, v[3].y);
-            sx[pos[2]] = make_uint4(v[0].z, v[1].z, v[2].z, v[3].z);
-            sx[pos[3]] = make_uint4(v[0].w, v[1].w, v[2].w, v[3].w);
-          }
-          fence_proxy_async();  // generic-proxy writes above -> wgmma's async-proxy reads
-          mbar_arrive(full + tslot);
-          if (++tslot == C::kStages) tslot = 0;
+        for (int r = 0; r < kWsBN / 16; ++r) {
+          bulk_copy_g2s(sx + C::kXU4 + r * (kWsChunks * 32), ws + r * wrow, kWsChunks * 32 * 16, full + slot);
         }
-        if (kt < it.kt_total) {
-          if (round > 0) mbar_wait(empty + slot, (round - 1) & 1);
-          uint4 *sx = smem + slot * C::kStageU4;
-          if (pt == 0) {
-            mbar_arrive_expect_tx(full + slot, C::kWU4 * 16 + (PRE ? C::kXU4 * 16 : 0));
-            if constexpr (PRE) {
-              // One copy: the stage's BM rows are contiguous in the pre-permuted activations.
-              bulk_copy_g2s(sx, p.xp + (static_cast<size_t>(it.kt_begin + kt) * xp_rows(p.m) + it.m_base) * 128,
-                            C::kXU4 * 16, full + slot);
-            }
-            const uint4 *ws = wsrc + static_cast<size_t>(kt) * (kWsChunks * 32);
-#pragma unroll
-            for (int r = 0; r < kWsBN / 16; ++r) {
-              bulk_copy_g2s(sx + C::kXU4 + r * (kWsChunks * 32), ws + r * wrow, kWsChunks * 32 * 16, full + slot);
-            }
-          }
-#pragma unroll
-          for (int i = 0; i < (PRE ? 0 : C::kPieces); ++i) {
-#pragma unroll
-            for (int a = 0; a < 4; ++a) {
-              const int pos = (4 * half[i] + a) ^ (row[i] & 7);
-              cp_async16(sx + row[i] * 8 + pos, xsrc[i] + static_cast<size_t>(kt) * 128 + 16 * a, xbytes[i]);
-            }
-          }
-          if (++slot == C::kStages) {
-            slot = 0;
-            ++round;
-          }
+        if (++slot == C::kStages) {
+          slot = 0;
+          ++round;
         }
-        if constexpr (!PRE) cp_async_commit();
       }
     }
-    // No early griddepcontrol.launch_dependents: the next GEMM's activation permutation,
-    // launched early, measured slower (4096² M = 64: 19.3 vs 16.7 µs) — it only takes SMs.
+    // No early griddepcontrol.launch_dependents: measured slower (4096² M = 64: 19.3 vs 16.7 µs).
     return;
   }
 
@@ -270,7 +238,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
     __syncwarp();
     if (lane == 0) mbar_arrive(empty + (slot >= back ? slot - back : slot + C::kStages - back));
   };
-  for (int w = blockIdx.x; w < items; w += gridDim.x) {
+  for (int w = w0; w < items; w += stride) {
     const WsItem it = ws_item<BM>(p, w, tiles, stages_per_split);
     int32_t acc[BM / 2];
 #pragma unroll
@@ -350,6 +318,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
 
     const int n0 = (it.rt0 + rtl) * 16 + g;
     if (split == 1) {
+      // TSTORE: the staging tile of the previous tile's TMA stores must have been read before
+      // it is rewritten. Box wg (channels 64·wg..64·wg+63 of the tile) holds row r at byte
+      // 128·r, its 16-byte chunk c at chunk c ^ (r % 8): a warp's 4-byte writes (8 rows × 4
+      // channel pairs) hit 32 different banks.
+      char *staging = reinterpret_cast<char *>(smem + C::kStages * C::kStageU4);
+      if constexpr (TSTORE) {
+        if (tid == 0) asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+        consumer_sync();
+      }
       // This thread's two channels n0, n0 + 8; its rows in batches of row pairs, each batch's
       // row factors loaded together ahead of its stores (see store_scaled).
       const float s1v[2] = {col_scale<OUT>(p, n0), col_scale<OUT>(p, n0 + 8)};
@@ -378,24 +355,45 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
           for (int h = 0; h < 2; ++h) {
             const int n = n0 + h * 8;
             if constexpr (OUT != DGQ_OUT_I32) {
-              if (pairs) {
+              if (TSTORE || pairs) {
                 const uint32_t y0 = scaled_bits<OUT>(p, acc[i * 4 + 2 * h], sx[j][0], s1v[h], bv[h]);
                 const uint32_t y1 = scaled_bits<OUT>(p, acc[i * 4 + 2 * h + 1], sx[j][1], s1v[h], bv[h]);
                 const uint32_t got = __shfl_xor_sync(0xffffffffu, odd ? y0 : y1, 4);
+                const uint32_t v = odd ? (got | (y1 << 16)) : (y0 | (got << 16));
                 const int m = odd ? m0 + 1 : m0;
-                if (m < p.m) {
-                  const uint32_t v = odd ? (got | (y1 << 16)) : (y0 | (got << 16));
+                if constexpr (TSTORE) {
+                  // Row and even channel of the pair within box wg; rows past M are clipped by
+                  // the TMA store.
+                  const int r = m - it.m_base, c = (rtl % 4) * 16 + 8 * h + (g & ~1);
+                  *reinterpret_cast<uint32_t *>(staging + wg * (BM * 128) + r * 128 + (((c >> 3) ^ (r & 7)) << 4) +
+                                                (c & 7) * 2) = v;
+                } else if (m < p.m) {
                   *reinterpret_cast<uint32_t *>(static_cast<uint16_t *>(p.out) + static_cast<size_t>(m) * p.n +
                                                 (odd ? n - 1 : n)) = v;
                 }
                 continue;
               }
             }
+            if constexpr (!TSTORE) {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              if (m0 + e < p.m) store_scaled<OUT>(p, m0 + e, n, acc[i * 4 + 2 * h + e], sx[j][e], s1v[h], bv[h]);
+              for (int e = 0; e < 2; ++e) {
+                if (m0 + e < p.m) store_scaled<OUT>(p, m0 + e, n, acc[i * 4 + 2 * h + e], sx[j][e], s1v[h], bv[h]);
+              }
             }
           }
+        }
+      }
+      if constexpr (TSTORE) {
+        // Generic-proxy writes -> the TMA (async proxy) reads them; the consumers go on to the
+        // next tile while the two stores drain.
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        consumer_sync();
+        if (tid == 0) {
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            tma_store_2d(&tmap_out, staging + q * (BM * 128), it.tile_n * kWsBN + 64 * q, it.m_base);
+          }
+          asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
         }
       }
       continue;
@@ -422,6 +420,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
     }
     consumer_sync();  // is_last is read by every consumer before the next item may rewrite it
   }
+  // The last tile's TMA stores complete before the CTA (and its shared memory) goes away.
+  if (TSTORE && tid == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
 
 }  // namespace dgq

@@ -492,14 +492,12 @@ void dgq_cuda_weight_free(struct dgq_cuda_weight *w);
 
 /**
  * Bytes of device workspace with which `dgq_cuda_w4a8_gemm` runs `m` tokens with this weight
- * and `config` (NULL: default) at its preferred split-K factor and, for the tiled kernel, with
- * room for a copy of the activations in its shared-memory order (about `m`·K bytes); 0 when
- * neither applies. A smaller workspace (or none) also works, with a smaller split and the
- * activations permuted inside the kernel (slower). The workspace must be 4-byte aligned (16-byte
- * alignment is needed for either use) and zeroed once before first use (every GEMM leaves it
- * zeroed again); one
- * workspace, sized for the largest query, may serve every weight and every `m` on one stream,
- * but must not be used by two streams at once. Checks `m` and `config` as the GEMM does.
+ * and `config` (NULL: default) at its preferred split-K factor (split-K partial sums and
+ * counters); 0 when it runs without split-K. A smaller workspace (or none) also works, with a
+ * smaller split (slower for small `m`). The workspace must be 4-byte aligned (16-byte alignment
+ * is needed for split-K) and zeroed once before first use (every GEMM leaves it zeroed again);
+ * one workspace, sized for the largest query, may serve every weight and every `m` on one
+ * stream, but must not be used by two streams at once. Checks `m` and `config` as the GEMM does.
  *
  * # Safety
  * `w` must be a live device weight, `config` NULL or readable, `bytes` writable.

@@ -8,9 +8,10 @@
  *
  * Prepared weight layout (see crates/dgq-cuda/src/layout.rs for the exact bijection):
  *   wq    : [N/16][K/64][32 lanes][16 B]  packed u4 codes q' = q - qmin(group), nibble order
- *           chosen so that lane (g = lane/4, t = lane%4) holds rows 16r+g and 16r+g+8,
- *           columns 64c + 16t .. 64c + 16t + 15 (the m16n8k32 / m64nNk32 A fragments of two
- *           k-steps, with K permuted identically for the activations).
+ *           chosen so that lane (g = lane/4, t = lane%4) holds rows 16r+g and 16r+g+8: nibble i
+ *           of u32 word j is column 64c + 32(j%2) + 16(i%2) + 4t + i/2 of row 16r+g+8(j/2), i.e.
+ *           the m16n8k32 / m64nNk32 A fragments of two k-steps in the hardware's K order (the
+ *           activations are used in their natural order).
  *   wmeta : [N/16][K/group][8] u32 = S2(row g) | a(row g) << 8 | S2(row g+8) << 16 | a(row g+8) << 24,
  *           a = 128 + S2·(qmin − z), so that the int8 weight is ((q'·S2 + a) mod 256) ^ 0x80.
  */
@@ -77,8 +78,7 @@ typedef struct DgqGemmArgs {
   int32_t n;
   int32_t k;
   int32_t group_size;
-  /** Scratch: int32 split-K partial sums, then (wgmma kernel) the activations in its shared-memory
-   *  order; capacity in elements. 16-byte alignment is needed for either to be used. */
+  /** Scratch: int32 split-K partial sums; capacity in elements. It must be 16-byte aligned to be used. */
   int32_t *ws_partials;
   size_t ws_partials_len;
   /** Split-K tile counters (must be zero before first use; kernels leave them zero), length in elements. */
@@ -96,8 +96,7 @@ typedef struct DgqGemmArgs {
 int dgq_w4a8_gemm(const DgqGemmArgs *args, void *stream);
 
 /** Workspace (int32 scratch, u32 counters, in elements) the heuristics want for one GEMM shape
- *  with the default kernel choice; a smaller workspace only lowers the split-K factor or, for the
- *  wgmma kernel, makes it permute the activations itself (slower). */
+ *  with the default kernel choice; a smaller workspace only lowers the split-K factor. */
 void dgq_w4a8_workspace_len(int32_t m, int32_t n, int32_t k, int32_t num_sms, size_t *partials, size_t *counters);
 
 /** Arguments of dgq_quantize_acts. K % 8 == 0, x 16-byte aligned, q 8-byte aligned. */

@@ -5,11 +5,12 @@
 //!
 //! - `wq`: `[N/16][K/64][32 lanes][16 B]`. Lane `l` (`g = l / 4`, `t = l % 4`) of 16-row tile
 //!   `r` and 64-column chunk `c` holds rows `16r + g` (u32 words 0–1) and `16r + g + 8` (words
-//!   2–3), columns `64c + 16t + 8·(j % 2) + …`: nibble `i` of word `j` is column
-//!   `64c + 16t + 8·(j % 2) + 4·(i % 2) + i / 2`. So `word & 0x0F0F0F0F` and
-//!   `(word >> 4) & 0x0F0F0F0F` are, byte for byte, the int8 A-fragment registers of an
-//!   m16n8k32 mma (with K permuted the same way the activations' natural 16-byte loads permute
-//!   it), and one coalesced 16-byte load per lane feeds two k-steps.
+//!   2–3): nibble `i` of word `j` is column `64c + 32·(j % 2) + 16·(i % 2) + 4t + i / 2`. So
+//!   `word & 0x0F0F0F0F` and `(word >> 4) & 0x0F0F0F0F` are, byte for byte, the int8 A-fragment
+//!   registers of the m16n8k32 mma (and of the per-warp slice of wgmma m64nNk32) for k-step
+//!   `j % 2` of the chunk, in the hardware's own K order: one coalesced 16-byte load per lane
+//!   feeds two k-steps, and the activations are used as they are (the wgmma kernel copies them
+//!   with TMA; the mma.sync kernels read the B fragments as 4-byte words).
 //! - Codes are stored shifted, `q' = q − qmin(row, group)` (LiquidGEMM's trick): with
 //!   `a = 128 + S2·(qmin − z)` the kernel forms `q'·S2 + a = W_s8 + 128 ∈ [1, 255]` four bytes at a
 //!   time with one integer multiply-add and no carry between bytes, then XORs `0x80808080`.
@@ -91,7 +92,7 @@ pub fn check_supported(n: usize, k: usize, group_size: usize) -> Result<()> {
 /// lane with `t = lane % 4`.
 #[inline]
 fn nibble_pos(t: usize, j: usize, i: usize) -> (usize, usize) {
-    (16 * t + 8 * (j % 2) + 4 * (i % 2) + i / 2, 8 * (j / 2))
+    (32 * (j % 2) + 16 * (i % 2) + 4 * t + i / 2, 8 * (j / 2))
 }
 
 /// Reorders a validated DGQ weight into the kernel layout.

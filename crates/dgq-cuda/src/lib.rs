@@ -270,21 +270,19 @@ pub struct GemmWorkspace {
 
 /// Largest M for which [`GemmWorkspace::for_shapes`] sizes the scratch (use
 /// [`GemmWorkspace::for_shapes_up_to`] for larger M; with too small a workspace the GEMM still
-/// runs, without split-K and with the wgmma kernel permuting the activations itself).
+/// runs, with a smaller split-K factor).
 pub const WORKSPACE_MAX_M: usize = 2048;
 
 impl GemmWorkspace {
-    /// A workspace large enough for the kernels' preferred split-K factor and the wgmma
-    /// kernel's permuted activations on every `(N, K)` in `shapes` and every M ≤
-    /// [`WORKSPACE_MAX_M`]. With a smaller workspace the GEMM still runs, with a smaller split
-    /// and the activations permuted inside the kernel.
+    /// A workspace large enough for the kernels' preferred split-K factor on every `(N, K)` in
+    /// `shapes` and every M ≤ [`WORKSPACE_MAX_M`]. With a smaller workspace the GEMM still
+    /// runs, with a smaller split.
     pub fn for_shapes(stream: &Arc<CudaStream>, shapes: &[(usize, usize)]) -> Result<Self> {
         Self::for_shapes_up_to(stream, shapes, WORKSPACE_MAX_M)
     }
 
-    /// As [`GemmWorkspace::for_shapes`] for every M ≤ `max_m`. The wgmma kernel keeps a copy of
-    /// the activations in its shared-memory order here (M·K bytes, M rounded up to 256), so a
-    /// workspace for large M is about as large as the activations.
+    /// As [`GemmWorkspace::for_shapes`] for every M ≤ `max_m`. Split-K is only chosen while the
+    /// output tiles do not fill the SMs, so the partial sums stay small at large M.
     pub fn for_shapes_up_to(
         stream: &Arc<CudaStream>,
         shapes: &[(usize, usize)],

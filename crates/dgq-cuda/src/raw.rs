@@ -214,7 +214,7 @@ pub fn gemm_workspace_bytes(w: &PreparedDgqWeight, m: usize, cfg: &GemmConfig) -
     }
     crate::check_split_k(k, cfg)?;
     let sms = w.num_sms().max(1) as usize;
-    // Automatic choices: the kernels' own sizing (split-K partials + permuted activations).
+    // Automatic choices: the kernels' own sizing of the split-K partials.
     let auto_parts = match (cfg.kernel, cfg.split_k) {
         (KernelChoice::Auto, None) => {
             Some(ffi::workspace_len(m as i32, n as i32, k as i32, sms as i32).0)
@@ -228,7 +228,7 @@ pub fn gemm_workspace_bytes(w: &PreparedDgqWeight, m: usize, cfg: &GemmConfig) -
         Some(p) => p,
         None => {
             let splits = preferred_split(m, n, k, sms, cfg);
-            let parts = if splits > 1 {
+            if splits > 1 {
                 // check_gemm_shape bounds M·max(N, K); the split is at most K / 64.
                 splits
                     .checked_mul(m * n)
@@ -236,15 +236,7 @@ pub fn gemm_workspace_bytes(w: &PreparedDgqWeight, m: usize, cfg: &GemmConfig) -
                     .ok_or_else(|| Error::unsupported("workspace", "its size overflows"))?
             } else {
                 0
-            };
-            // The wgmma kernel also keeps the activations in its shared-memory order there.
-            let wgmma = matches!(cfg.kernel, KernelChoice::Prefill) && n % WG_BN == 0;
-            let xp = if wgmma {
-                m.div_ceil(WG_BM_MAX) * WG_BM_MAX * k / 4
-            } else {
-                0
-            };
-            parts + xp
+            }
         }
     };
     if scratch == 0 {

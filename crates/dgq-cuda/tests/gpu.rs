@@ -85,8 +85,8 @@ fn check_i32(s: &Arc<CudaStream>, c: &mut Case, m: usize, seed: u64) {
             split_k: Some(3.min(k as u32 / 64)),
         });
     }
-    // A workspace without room for scratch: the wgmma kernel then permutes the activations
-    // itself (and nothing splits K), a second code path that must match as well.
+    // A workspace without room for scratch: nothing splits K, so the wgmma kernel writes every
+    // tile's epilogue itself even where the heuristic would split.
     let mut tiny = GemmWorkspace::with_capacity(s, 1, 1).unwrap();
     let prefill = GemmConfig {
         kernel: KernelChoice::Prefill,

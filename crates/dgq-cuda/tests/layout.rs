@@ -46,7 +46,7 @@ fn prepare_is_a_bijection() {
 
 #[test]
 fn fragment_order_matches_the_documented_map() {
-    // Row 16r+g+8·(j/2), column 64c + 16t + 8(j%2) + 4(i%2) + i/2 sits in nibble i of word j.
+    // Row 16r+g+8·(j/2), column 64c + 32(j%2) + 16(i%2) + 4t + i/2 sits in nibble i of word j.
     let w = random_weight(128, 256, 128, 5);
     let p = prepare_host(&w).unwrap();
     let kc = 256 / 64;
@@ -58,7 +58,7 @@ fn fragment_order_matches_the_documented_map() {
     ] {
         let (g, t) = (lane / 4, lane % 4);
         let row = rt * 16 + g + 8 * (j / 2);
-        let col = c * 64 + 16 * t + 8 * (j % 2) + 4 * (i % 2) + i / 2;
+        let col = c * 64 + 32 * (j % 2) + 16 * (i % 2) + 4 * t + i / 2;
         let byte = p.wq[((rt * kc + c) * 32 + lane) * 16 + j * 4 + i / 2];
         let nib = (byte >> (4 * (i % 2))) & 15;
         let qmin = p.qmin[row * 2 + col / 128];
@@ -72,6 +72,75 @@ fn fragment_order_matches_the_documented_map() {
         };
         let w8 = (((nib as u32 * s2 + a) & 0xff) ^ 0x80) as u8 as i8;
         assert_eq!(w8, w.to_int8()[[row, col]]);
+    }
+}
+
+/// What the kernels do with one lane's 16 prepared bytes and its meta word (`dequant` in
+/// `cuda/common.cuh`): `a[s][r]` is the int8 A-fragment register `r` of k-step `s`.
+fn emulate_dequant(p: [u32; 4], meta: u32) -> [[u32; 4]; 2] {
+    let dq =
+        |nib: u32, s2: u32, abias: u32| (nib.wrapping_mul(s2).wrapping_add(abias)) ^ 0x8080_8080;
+    let (s_lo, a_lo) = (meta & 0xff, ((meta >> 8) & 0xff) * 0x0101_0101);
+    let (s_hi, a_hi) = ((meta >> 16) & 0xff, (meta >> 24) * 0x0101_0101);
+    let lo = |w: u32| w & 0x0f0f_0f0f;
+    let hi = |w: u32| (w >> 4) & 0x0f0f_0f0f;
+    [
+        [
+            dq(lo(p[0]), s_lo, a_lo),
+            dq(lo(p[2]), s_hi, a_hi),
+            dq(hi(p[0]), s_lo, a_lo),
+            dq(hi(p[2]), s_hi, a_hi),
+        ],
+        [
+            dq(lo(p[1]), s_lo, a_lo),
+            dq(lo(p[3]), s_hi, a_hi),
+            dq(hi(p[1]), s_lo, a_lo),
+            dq(hi(p[3]), s_hi, a_hi),
+        ],
+    ]
+}
+
+#[test]
+fn dequantized_fragments_are_the_mma_a_operand_in_natural_k_order() {
+    // PTX m16n8k32 (.s8) A fragment, which the per-warp slice of wgmma m64nNk32 shares: byte b
+    // of register r holds row g + 8·(r % 2), column 4t + b + 16·(r / 2) of the k-step. The
+    // kernels feed the B operand in natural K order (TMA copies of the activations; 4-byte
+    // words 4t, 16 + 4t, … of each 64-wide chunk in the mma.sync kernels), so every weight
+    // must sit at its natural column: emulate the dequant and compare with W_s8 everywhere.
+    for (i, &(n, k, gs)) in [(128, 256, 128), (256, 384, 64), (128, 512, 256)]
+        .iter()
+        .enumerate()
+    {
+        let w = random_weight(n, k, gs, 40 + i as u64);
+        let w8 = w.to_int8();
+        let p = prepare_host(&w).unwrap();
+        let (kc, ng) = (k / 64, k / gs);
+        for rt in 0..n / 16 {
+            for c in 0..kc {
+                for lane in 0..32 {
+                    let (g, t) = (lane / 4, lane % 4);
+                    let base = ((rt * kc + c) * 32 + lane) * 16;
+                    let words: [u32; 4] = std::array::from_fn(|j| {
+                        u32::from_le_bytes(p.wq[base + 4 * j..base + 4 * j + 4].try_into().unwrap())
+                    });
+                    let meta = p.meta[(rt * ng + c * 64 / gs) * 8 + g];
+                    let a = emulate_dequant(words, meta);
+                    for (s, regs) in a.iter().enumerate() {
+                        for (r, reg) in regs.iter().enumerate() {
+                            for (b, byte) in reg.to_le_bytes().iter().enumerate() {
+                                let row = rt * 16 + g + 8 * (r % 2);
+                                let col = c * 64 + 32 * s + 16 * (r / 2) + 4 * t + b;
+                                assert_eq!(
+                                    *byte as i8,
+                                    w8[[row, col]],
+                                    "{n}x{k} g{gs}: tile {rt} chunk {c} lane {lane} k-step {s} reg {r} byte {b}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -270,15 +270,16 @@ fn gemm_float_epilogue_is_bit_exact() {
         if m < 33 {
             continue;
         }
-        // The wgmma kernel without split-K writes the epilogue itself: f16 channel pairs with
-        // 4-byte stores, or one value at a time when the output is only 2-byte aligned.
+        // The wgmma kernel without split-K writes the epilogue itself, by one of three paths
+        // chosen by the output's alignment: TMA stores of whole tiles (16 bytes, offset 0),
+        // channel pairs with 4-byte stores (offset 2), one value at a time (offset 1).
         let want = ref_gemm_f32(&x, m, sx.clone(), &w, Some(&bias[..]));
         let one_split = GemmConfig {
             kernel: KernelChoice::Prefill,
             split_k: Some(1),
         };
-        for offset in [0usize, 1] {
-            let mut big = s.clone_htod(&vec![f16::NAN; m * n + 1]).unwrap();
+        for offset in [0usize, 1, 2] {
+            let mut big = s.clone_htod(&vec![f16::NAN; m * n + 2]).unwrap();
             let mut ov = big.slice_mut(offset..offset + m * n);
             w4a8_gemm(
                 &s,
@@ -292,11 +293,19 @@ fn gemm_float_epilogue_is_bit_exact() {
                 &one_split,
             )
             .unwrap();
+            let host = s.clone_dtoh(&big).unwrap();
             exact_check(
                 &format!("f16 M={m} split 1, output offset {offset}"),
-                &s.clone_dtoh(&big).unwrap()[offset..offset + m * n],
+                &host[offset..offset + m * n],
                 &want,
                 f16::from_f32,
+            );
+            assert!(
+                host[..offset]
+                    .iter()
+                    .chain(&host[offset + m * n..])
+                    .all(|v| v.is_nan()),
+                "f16 M={m} split 1, output offset {offset}: wrote outside its output"
             );
         }
         let mut ob = s.clone_htod(&vec![bf16::NAN; m * n]).unwrap();

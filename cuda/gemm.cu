@@ -11,7 +11,6 @@
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <cuda_runtime.h>
 
-
 #include <algorithm>
 #include <cstdlib>
 

@@ -39,10 +39,14 @@ constexpr int kDecodeMaxM = 64;
 __host__ __device__ constexpr int decode_nt(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
 // Largest in-CTA K split per token-tile count: the activation double buffer (S × U × 8·NT rows ×
-// 64 bytes × 2) stays at 32 KB of static shared memory, and 128·S threads × the registers fit.
+// 64 bytes × 2) stays within 64 KB of shared memory and 128·S threads × the registers fit.
 template <int NT>
 __host__ __device__ constexpr int decode_max_parts() {
-  return NT == 1 ? 8 : NT == 2 ? 4 : NT == 4 ? 2 : 1;
+  return NT == 1 ? 8 : NT == 2 ? 8 : NT == 4 ? 4 : 2;
+}
+// Dynamic shared memory of the decode kernel: the activation double buffer.
+__host__ __device__ constexpr int decode_smem_bytes(int nt, int parts) {
+  return 2 * parts * (nt >= 8 ? kDecodeUnroll / 2 : kDecodeUnroll) * nt * 8 * kChunkK;
 }
 
 // S: K parts inside the CTA. Warp w works on row tile w % 4 over K part w / 4 of this CTA's K
@@ -83,8 +87,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
   constexpr int kThreads = kDecodeWarps * 32 * S;
   constexpr int kCopies = S * U * kTok * 4;  // 16-byte copies per batch
   constexpr int kPieces = (kCopies + kThreads - 1) / kThreads;  // per thread
-  static_assert(2 * kBufBytes <= 32 * 1024, "activation buffers within 32 KB");
-  __shared__ __align__(128) int8_t xs_buf[2 * kBufBytes];
+  static_assert(2 * kBufBytes == decode_smem_bytes(NT, S) && 2 * kBufBytes <= 64 * 1024, "activation buffers");
+  extern __shared__ __align__(128) int8_t xs_buf[];
   const uint32_t xs = static_cast<uint32_t>(__cvta_generic_to_shared(xs_buf));
   for (int i = threadIdx.x; i < 2 * kBufBytes / 16; i += kThreads) {
     const int row = (i / 4) % kTok;
@@ -388,18 +392,33 @@ DecodeFn decode_fn(int nt, int parts) {
       return decode_kernel<2, OUT, 2>;
     case 32 + 4:
       return decode_kernel<2, OUT, 4>;
+    case 32 + 8:
+      return decode_kernel<2, OUT, 8>;
     case 64 + 1:
       return decode_kernel<4, OUT, 1>;
     case 64 + 2:
       return decode_kernel<4, OUT, 2>;
+    case 64 + 4:
+      return decode_kernel<4, OUT, 4>;
     case 128 + 1:
       return decode_kernel<8, OUT, 1>;
+    case 128 + 2:
+      return decode_kernel<8, OUT, 2>;
     default:
       return decode_kernel<1, OUT, 1>;
   }
 }
 int decode_max_parts_of(int nt) {
-  return nt == 1 ? decode_max_parts<1>() : nt == 2 ? decode_max_parts<2>() : nt == 4 ? decode_max_parts<4>() : 1;
+  return nt == 1 ? decode_max_parts<1>() : nt == 2 ? decode_max_parts<2>() : nt == 4 ? decode_max_parts<4>()
+                                                                                  : decode_max_parts<8>();
+}
+
+// Opts a decode kernel into its dynamic shared memory beyond the 48 KB default (per device;
+// cheap and idempotent, so done before every query and launch that needs it).
+cudaError_t decode_smem_attr(DecodeFn fn, int nt, int parts) {
+  const int smem = decode_smem_bytes(nt, parts);
+  if (smem <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
 }
 
 // Resident CTAs per SM of the decode kernel (occupancy API, cached: the answer depends only on
@@ -411,8 +430,11 @@ int decode_ctas_per_sm(int nt, int parts) {
   int &c = cache[slot][ps];
   if (c != 0) return c;
   int b = 0;
-  const cudaError_t e =
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_fn<DGQ_OUT_F16>(nt, parts), kDecodeWarps * 32 * parts, 0);
+  const DecodeFn fn = decode_fn<DGQ_OUT_F16>(nt, parts);
+  cudaError_t e = decode_smem_attr(fn, nt, parts);
+  if (e == cudaSuccess) {
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, fn, kDecodeWarps * 32 * parts, decode_smem_bytes(nt, parts));
+  }
   if (e != cudaSuccess || b < 1) {
     (void)cudaGetLastError();
     b = std::max(1, 4 / parts);
@@ -560,8 +582,13 @@ struct PdlLaunch {
 template <int OUT>
 int launch_decode(const GemmParams &p, const DecodePlan &plan, cudaStream_t stream) {
   // Launched with PDL so that its launch and ramp overlap the previous kernel's tail.
-  PdlLaunch l(dim3(p.n / kDecodeRows, plan.split), dim3(kDecodeWarps * 32 * plan.parts), 0, stream);
-  const cudaError_t e = cudaLaunchKernelEx(&l.cfg, decode_fn<OUT>(decode_nt(p.m), plan.parts), p, plan.split, plan.per);
+  const int nt = decode_nt(p.m);
+  const DecodeFn fn = decode_fn<OUT>(nt, plan.parts);
+  cudaError_t e = decode_smem_attr(fn, nt, plan.parts);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  PdlLaunch l(dim3(p.n / kDecodeRows, plan.split), dim3(kDecodeWarps * 32 * plan.parts),
+              decode_smem_bytes(nt, plan.parts), stream);
+  e = cudaLaunchKernelEx(&l.cfg, fn, p, plan.split, plan.per);
   if (e != cudaSuccess) return static_cast<int>(e);
   return static_cast<int>(cudaGetLastError());
 }

@@ -84,29 +84,33 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
   constexpr int kTok = NT * 8;
   constexpr int kPartBytes = U * kTok * kChunkK;
   constexpr int kBufBytes = S * kPartBytes;
-  constexpr int kThreads = kDecodeWarps * 32 * S;
-  constexpr int kCopies = S * U * kTok * 4;  // 16-byte copies per batch
-  constexpr int kPieces = (kCopies + kThreads - 1) / kThreads;  // per thread
+  constexpr int kPartThreads = kDecodeWarps * 32;
+  constexpr int kPieces = U * kTok * 4 / kPartThreads;  // 16-byte copies per thread and batch
+  static_assert(kPieces * kPartThreads == U * kTok * 4, "a part's copies split evenly over its threads");
   static_assert(2 * kBufBytes == decode_smem_bytes(NT, S) && 2 * kBufBytes <= 64 * 1024, "activation buffers");
   extern __shared__ __align__(128) int8_t xs_buf[];
   const uint32_t xs = static_cast<uint32_t>(__cvta_generic_to_shared(xs_buf));
-  for (int i = threadIdx.x; i < 2 * kBufBytes / 16; i += kThreads) {
-    const int row = (i / 4) % kTok;
-    if (row >= p.m) reinterpret_cast<uint4 *>(xs_buf)[i] = make_uint4(0, 0, 0, 0);
+  // Each K part's four warps zero, copy and read only their own part of the buffers, so a part
+  // syncs on its own named barrier and the S parts run out of step like separate CTAs (one
+  // CTA-wide barrier per batch made all 32 warps of an SM wait for the slowest load).
+  const int pt = threadIdx.x % kPartThreads;
+  for (int i = pt; i < 2 * kPartBytes / 16; i += kPartThreads) {
+    const int buf = i / (kPartBytes / 16), j = i % (kPartBytes / 16);
+    const int row = (j / 4) % kTok;
+    if (row >= p.m) reinterpret_cast<uint4 *>(xs_buf + buf * kBufBytes + ks * kPartBytes)[j] = make_uint4(0, 0, 0, 0);
   }
-  // This thread's copies: piece i = threadIdx.x + j · kThreads is K part pk, chunk u, token row
-  // m, column q; batch b copies chunk b·U + u of the part while that is inside the part.
+  // This thread's copies: piece i = pt + j · 128 of its K part is chunk u, token row m, column
+  // q; batch b copies chunk b·U + u of the part while that is inside the part.
   uint32_t cp_dst[kPieces];
   int cp_src[kPieces];  // byte offset of the part's chunk u in row m (m·K + 64·chunk + 16q)
   int cp_lim[kPieces];  // copied while b·U < cp_lim (0: a padding token or no copy)
 #pragma unroll
   for (int j = 0; j < kPieces; ++j) {
-    const int i = threadIdx.x + j * kThreads;
-    const int pk = i / (U * kTok * 4), u = (i / (kTok * 4)) % U, m = (i / 4) % kTok, q = i % 4;
-    const int pb = (s * S + pk) * per;
-    cp_dst[j] = static_cast<uint32_t>(((pk * U + u) * kTok + m) * kChunkK + ((q ^ ((m >> 1) & 3)) << 4));
-    cp_src[j] = m * p.k + (pb + u) * kChunkK + q * 16;
-    cp_lim[j] = i < kCopies && m < p.m ? min(kc, pb + per) - pb - u : 0;
+    const int i = pt + j * kPartThreads;
+    const int u = i / (kTok * 4), m = (i / 4) % kTok, q = i % 4;
+    cp_dst[j] = static_cast<uint32_t>(((ks * U + u) * kTok + m) * kChunkK + ((q ^ ((m >> 1) & 3)) << 4));
+    cp_src[j] = m * p.k + (c_begin + u) * kChunkK + q * 16;
+    cp_lim[j] = m < p.m ? max(0, min(kc, c_begin + per) - c_begin - u) : 0;
   }
   auto copy_batch = [&](int b, int buf) {
 #pragma unroll
@@ -147,8 +151,12 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
       meta[u] = ok ? __ldg(mp + (cc / p.chunks_per_group) * 8) : 0x80008000u;
     }
     cp_async_wait<0>();
-    // Everyone's copies of this batch have landed, and everyone is done with the other buffer.
-    __syncthreads();
+    // The part's copies of this batch have landed, and its warps are done with the other buffer.
+    if constexpr (S == 1) {
+      __syncthreads();
+    } else {
+      asm volatile("bar.sync %0, %1;\n" ::"r"(1 + ks), "r"(kPartThreads) : "memory");
+    }
     if (b + 1 < batches) copy_batch(b + 1, buf ^ 1);
     const uint32_t xb = xs + buf * kBufBytes + ld_off;
 #pragma unroll
@@ -471,14 +479,14 @@ struct DecodePlan {
   int per;
 };
 
-// DGQ_DECODE_CTA_PARTS=0 keeps every K part in its own CTA (the split-K of h100-v9), for
-// comparisons.
-bool decode_cta_parts_enabled() {
-  static const bool on = [] {
+// DGQ_DECODE_CTA_PARTS=n allows at most n K parts per CTA, for comparisons and sweeps (0 or 1:
+// every K part in its own CTA, the split-K of h100-v9).
+int decode_parts_cap() {
+  static const int cap = [] {
     const char *v = getenv("DGQ_DECODE_CTA_PARTS");
-    return v == nullptr || v[0] != '0';
+    return v == nullptr ? 8 : std::max(1, atoi(v));
   }();
-  return on;
+  return cap;
 }
 
 // The K parts decode_split wants, moved into the CTA as far as the grid still fills the SMs in
@@ -494,8 +502,8 @@ DecodePlan decode_plan(int m, int n, int k, int num_sms) {
   const int u = nt >= 8 ? decode_unroll<8>() : decode_unroll<1>();
   const int batches = (kc + u - 1) / u;
   const int sms = std::max(1, num_sms);
-  for (int parts = decode_cta_parts_enabled() ? decode_max_parts_of(nt) : 1; parts > 1; parts /= 2) {
-    if (parts > want) continue;
+  for (int parts = decode_max_parts_of(nt); parts > 1; parts /= 2) {
+    if (parts > want || parts > decode_parts_cap()) continue;
     const int slots = sms * decode_ctas_per_sm(nt, parts);
     int split = (want + parts - 1) / parts;
     if (row_blocks * split > slots) split = slots / row_blocks;

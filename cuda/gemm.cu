@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
   // 8192² M = 32: 43.7 µs; per-warp copies of every batch read the activations four times over:
   // 28.2 µs.) Layout of a buffer: [part][u][token][64 bytes], the 16-byte columns of a row
   // XOR-swizzled by (row / 2) % 4 so that the eight rows of an ldmatrix phase (64-byte stride)
-  // hit distinct banks. Rows of padding tokens are zeroed once and never copied.
+  // hit distinct banks. Rows of padding tokens are zero-filled.
   constexpr int U = decode_unroll<NT>();
   constexpr int kTok = NT * 8;
   constexpr int kPartBytes = U * kTok * kChunkK;
@@ -94,13 +94,11 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
   // syncs on its own named barrier and the S parts run out of step like separate CTAs (one
   // CTA-wide barrier per batch made all 32 warps of an SM wait for the slowest load).
   const int pt = threadIdx.x % kPartThreads;
-  for (int i = pt; i < 2 * kPartBytes / 16; i += kPartThreads) {
-    const int buf = i / (kPartBytes / 16), j = i % (kPartBytes / 16);
-    const int row = (j / 4) % kTok;
-    if (row >= p.m) reinterpret_cast<uint4 *>(xs_buf + buf * kBufBytes + ks * kPartBytes)[j] = make_uint4(0, 0, 0, 0);
-  }
   // This thread's copies: piece i = pt + j · 128 of its K part is chunk u, token row m, column
-  // q; batch b copies chunk b·U + u of the part while that is inside the part.
+  // q; batch b copies chunk b·U + u of the part while that is inside the part and zero-fills
+  // the piece otherwise (padding tokens, chunks past the part), so every batch writes its whole
+  // buffer and nothing needs zeroing first. Predicated, not branched: the copies' conditions
+  // differ between lanes.
   uint32_t cp_dst[kPieces];
   int cp_src[kPieces];  // byte offset of the part's chunk u in row m (m·K + 64·chunk + 16q)
   int cp_lim[kPieces];  // copied while b·U < cp_lim (0: a padding token or no copy)
@@ -115,9 +113,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
   auto copy_batch = [&](int b, int buf) {
 #pragma unroll
     for (int j = 0; j < kPieces; ++j) {
-      if (b * U < cp_lim[j]) {
-        cp_async16_ca(xs + buf * kBufBytes + cp_dst[j], p.x + static_cast<size_t>(b) * U * kChunkK + cp_src[j], 16);
-      }
+      const bool in = b * U < cp_lim[j];
+      cp_async16_ca(xs + buf * kBufBytes + cp_dst[j],
+                    in ? p.x + static_cast<size_t>(b) * U * kChunkK + cp_src[j] : p.x, in ? 16 : 0);
     }
     cp_async_commit();
   };
@@ -136,6 +134,10 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
   // Every part of the CTA runs the same number of batches (the barrier below is CTA-wide);
   // chunks outside a part get zero A fragments (u4 0 with a zero-cancelling offset byte).
   const int batches = (per + U - 1) / U;
+  // Group of the next chunk, advanced per chunk: a division per chunk (the group size is any
+  // multiple of 64) cost ~30 instructions and a branch each, a third of the loop's issue slots.
+  const int cpg = p.chunks_per_group;
+  int grp = c_begin / cpg, in_grp = c_begin % cpg;
   copy_batch(0, 0);
   for (int b = 0; b < batches; ++b) {
     const int buf = b & 1;
@@ -148,7 +150,12 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
       const int cc = c + u;
       const bool ok = cc < c_end;
       w[u] = ok ? ld_stream(wp + static_cast<size_t>(cc) * 32) : make_uint4(0, 0, 0, 0);
-      meta[u] = ok ? __ldg(mp + (cc / p.chunks_per_group) * 8) : 0x80008000u;
+      const uint32_t mv = __ldg(mp + min(grp, ng - 1) * 8);
+      meta[u] = ok ? mv : 0x80008000u;
+      if (++in_grp == cpg) {
+        in_grp = 0;
+        ++grp;
+      }
     }
     cp_async_wait<0>();
     // The part's copies of this batch have landed, and its warps are done with the other buffer.

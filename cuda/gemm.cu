@@ -102,7 +102,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
   }
   // This thread's copies: piece i = pt + j · 128 of its K part is chunk u, token row m, column
   // q; batch b copies chunk b·U + u of the part while that is inside the part and zero-fills
-  // the piece otherwise (chunks past the part: predicated, not branched, as lanes differ).
+  // the piece otherwise (chunks past the part); all predicated, not branched, as lanes differ
+  // (a branch around each copy: 8192² M = 32 20.2 vs 19.3 µs).
   uint32_t cp_dst[kPieces];
   int cp_src[kPieces];  // byte offset of the part's chunk u in row m (m·K + 64·chunk + 16q)
   int cp_lim[kPieces];  // copied while b·U < cp_lim (-1: a padding token, never copied)
@@ -118,10 +119,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
 #pragma unroll
     for (int j = 0; j < kPieces; ++j) {
       const bool in = b * U < cp_lim[j];
-      if (cp_lim[j] >= 0) {
-        cp_async16_ca(xs + buf * kBufBytes + cp_dst[j],
-                      in ? p.x + static_cast<size_t>(b) * U * kChunkK + cp_src[j] : p.x, in ? 16 : 0);
-      }
+      cp_async16_ca_if(cp_lim[j] >= 0, xs + buf * kBufBytes + cp_dst[j],
+                       in ? p.x + static_cast<size_t>(b) * U * kChunkK + cp_src[j] : p.x, in ? 16 : 0);
     }
     cp_async_commit();
   };

@@ -20,10 +20,11 @@
 namespace dgq {
 
 // ------------------------------------------------------------------------------------------
-// Decode kernel (M <= 64): memory-bound. CTA = 4 warps = 64 output channels (one 16-row tile
-// per warp) × one K slice; grid.y splits K so that all SMs stream weights. Partial sums of a
-// split go to the workspace; the last CTA of a row block (atomic ticket) reduces and runs the
-// epilogue, then rearms the counter, so the workspace needs no memset between calls.
+// Decode kernel (M <= 64): memory-bound. CTA = 64 output channels (4 row tiles of 16, one warp
+// each) × S K parts (4 warps each, reduced in shared memory); where S alone cannot fill the SMs
+// grid.y splits K further. Partial sums of such a split go to the workspace; the last CTA of a
+// row block (atomic ticket) reduces and runs the epilogue, then rearms the counter, so the
+// workspace needs no memset between calls.
 // ------------------------------------------------------------------------------------------
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeRows = 16 * kDecodeWarps;
@@ -94,8 +95,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
   // syncs on its own named barrier and the S parts run out of step like separate CTAs (one
   // CTA-wide barrier per batch made all 32 warps of an SM wait for the slowest load).
   const int pt = threadIdx.x % kPartThreads;
-  // Rows of padding tokens are zeroed once and never copied (zero-filling them every batch, 7 of
-  // 8 copies at M = 1, cost 0.2-0.4 µs: 8192² M = 1 14.5 vs 14.3 µs).
+  // Rows of padding tokens are zeroed once and never copied (zero-filling them every batch cost
+  // up to 0.5 µs: 8192² M = 8 14.8 vs 14.3).
   for (int i = pt; i < 2 * kPartBytes / 16; i += kPartThreads) {
     const int buf = i / (kPartBytes / 16), j = i % (kPartBytes / 16);
     if ((j / 4) % kTok >= p.m) reinterpret_cast<uint4 *>(xs_buf + buf * kBufBytes + ks * kPartBytes)[j] = make_uint4(0, 0, 0, 0);

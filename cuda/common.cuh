@@ -87,6 +87,14 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src
 __device__ __forceinline__ void cp_async16_ca(uint32_t smem_addr, const void *gmem, int src_bytes) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem), "r"(src_bytes));
 }
+// The same, issued only where `on` (a predicated instruction, not a branch around it: lanes of a
+// warp differ).
+__device__ __forceinline__ void cp_async16_ca_if(bool on, uint32_t smem_addr, const void *gmem, int src_bytes) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n @p cp.async.ca.shared.global [%1], [%2], 16, %3;\n}\n" ::"r"(
+          static_cast<int>(on)),
+      "r"(smem_addr), "l"(gmem), "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {

@@ -19,10 +19,11 @@
 namespace dgq {
 
 // ------------------------------------------------------------------------------------------
-// Decode kernel (M <= 64): memory-bound. CTA = 4 warps = 64 output channels (one 16-row tile
-// per warp) × one K slice; grid.y splits K so that all SMs stream weights. Partial sums of a
-// split go to the workspace; the last CTA of a row block (atomic ticket) reduces and runs the
-// epilogue, then rearms the counter, so the workspace needs no memset between calls.
+// Decode kernel (M <= 64): memory-bound. CTA = 64 output channels (4 row tiles of 16, one warp
+// each) × S K parts (4 warps each, reduced in shared memory); where S alone cannot fill the SMs
+// grid.y splits K further. Partial sums of such a split go to the workspace; the last CTA of a
+// row block (atomic ticket) reduces and runs the epilogue, then rearms the counter, so the
+// workspace needs no memset between calls.
 // ------------------------------------------------------------------------------------------
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeRows = 16 * kDecodeWarps;
@@ -37,67 +38,96 @@ __host__ __device__ constexpr int decode_unroll() {
 constexpr int kDecodeMaxM = 64;
 __host__ __device__ constexpr int decode_nt(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
-template <int NT, int OUT>
-__global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmParams p, const int split,
-                                                                   const int chunks_per_split) {
+// Largest in-CTA K split per token-tile count: the activation double buffer (S × U × 8·NT rows ×
+// 64 bytes × 2) stays within 64 KB of shared memory and 128·S threads × the registers fit.
+template <int NT>
+__host__ __device__ constexpr int decode_max_parts() {
+  return NT == 1 ? 8 : NT == 2 ? 8 : NT == 4 ? 4 : 2;
+}
+// Dynamic shared memory of the decode kernel: the activation double buffer.
+__host__ __device__ constexpr int decode_smem_bytes(int nt, int parts) {
+  return 2 * parts * (nt >= 8 ? kDecodeUnroll / 2 : kDecodeUnroll) * nt * 8 * kChunkK;
+}
+
+// S: K parts inside the CTA. Warp w works on row tile w % 4 over K part w / 4 of this CTA's K
+// range; the S partial tiles are added in shared memory at the end, so a split of K across S
+// parts needs no workspace round trip (the global split-K fix-up costs ≈3 µs per call on H100:
+// fence, ticket atomic, partial reads). grid.y still splits K across CTAs where S alone cannot
+// fill the GPU; K part (blockIdx.y · S + w / 4) covers chunks [part · per, part · per + per).
+template <int NT, int OUT, int S>
+__global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const GemmParams p, const int split,
+                                                                       const int per) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
+  const int rtl = warp % kDecodeWarps, ks = warp / kDecodeWarps;
   const int rb = blockIdx.x;
   const int s = blockIdx.y;
-  const int rt = rb * kDecodeWarps + warp;
+  const int rt = rb * kDecodeWarps + rtl;
   const int kc = p.k / kChunkK;
   const int ng = p.k / p.group_size;
-  const int c_begin = s * chunks_per_split;
-  const int c_end = min(kc, c_begin + chunks_per_split);
+  const int c_begin = (s * S + ks) * per;
+  const int c_end = min(kc, c_begin + per);
 
   const uint4 *wp = p.wq + static_cast<size_t>(rt) * kc * 32 + lane;
   const uint32_t *mp = p.wmeta + static_cast<size_t>(rt) * ng * 8 + g;
 
-  // The activations of a batch of U chunks go through shared memory, once per CTA for its four
-  // warps, double-buffered: the copies of batch b + 1 (cp.async) are issued before batch b is
-  // computed, so only the weights' HBM latency is exposed, and the warps read B fragments with
-  // ldmatrix. (Each lane gathering its fragments from global memory as four 4-byte words cost
-  // four L1 wavefronts per load and made the kernel L1-bound at M >= 16, 8192² M = 32: 43.7 µs;
-  // per-warp copies of every batch read the activations four times over: 28.2 µs.) Layout of a
-  // buffer: [u][token][64 bytes], the 16-byte columns of a row XOR-swizzled by (row / 2) % 4 so
-  // that the eight rows of an ldmatrix phase (64-byte stride) hit distinct banks. Rows of
-  // padding tokens are zeroed once and never copied.
+  // The activations of a batch of U chunks go through shared memory, once per CTA for the four
+  // warps of a K part, double-buffered: the copies of batch b + 1 (cp.async) are issued before
+  // batch b is computed, so only the weights' HBM latency is exposed, and the warps read B
+  // fragments with ldmatrix. (Each lane gathering its fragments from global memory as four
+  // 4-byte words cost four L1 wavefronts per load and made the kernel L1-bound at M >= 16,
+  // 8192² M = 32: 43.7 µs; per-warp copies of every batch read the activations four times over:
+  // 28.2 µs.) Layout of a buffer: [part][u][token][64 bytes], the 16-byte columns of a row
+  // XOR-swizzled by (row / 2) % 4 so that the eight rows of an ldmatrix phase (64-byte stride)
+  // hit distinct banks.
   constexpr int U = decode_unroll<NT>();
   constexpr int kTok = NT * 8;
-  constexpr int kBufBytes = U * kTok * kChunkK;
-  constexpr int kThreads = kDecodeWarps * 32;
-  constexpr int kCopies = U * kTok * 4;  // 16-byte copies per batch
-  constexpr int kPieces = (kCopies + kThreads - 1) / kThreads;  // per thread
-  __shared__ __align__(128) int8_t xs_buf[2 * kBufBytes];
+  constexpr int kPartBytes = U * kTok * kChunkK;
+  constexpr int kBufBytes = S * kPartBytes;
+  constexpr int kPartThreads = kDecodeWarps * 32;
+  constexpr int kPieces = U * kTok * 4 / kPartThreads;  // 16-byte copies per thread and batch
+  static_assert(kPieces * kPartThreads == U * kTok * 4, "a part's copies split evenly over its threads");
+  static_assert(2 * kBufBytes == decode_smem_bytes(NT, S) && 2 * kBufBytes <= 64 * 1024, "activation buffers");
+  extern __shared__ __align__(128) int8_t xs_buf[];
   const uint32_t xs = static_cast<uint32_t>(__cvta_generic_to_shared(xs_buf));
-  for (int i = threadIdx.x; i < 2 * kBufBytes / 16; i += kThreads) {
-    const int row = (i / 4) % kTok;
-    if (row >= p.m) reinterpret_cast<uint4 *>(xs_buf)[i] = make_uint4(0, 0, 0, 0);
+  // Each K part's four warps zero, copy and read only their own part of the buffers, so a part
+  // syncs on its own named barrier and the S parts run out of step like separate CTAs (one
+  // CTA-wide barrier per batch made all 32 warps of an SM wait for the slowest load).
+  const int pt = threadIdx.x % kPartThreads;
+  // Rows of padding tokens are zeroed once and never copied (zero-filling them every batch cost
+  // up to 0.5 µs: 8192² M = 8 14.8 vs 14.3).
+  for (int i = pt; i < 2 * kPartBytes / 16; i += kPartThreads) {
+    const int buf = i / (kPartBytes / 16), j = i % (kPartBytes / 16);
+    if ((j / 4) % kTok >= p.m) reinterpret_cast<uint4 *>(xs_buf + buf * kBufBytes + ks * kPartBytes)[j] = make_uint4(0, 0, 0, 0);
   }
-  // This thread's copies: piece i = threadIdx.x + j * kThreads is chunk u, token row m, column q.
+  // This thread's copies: piece i = pt + j · 128 of its K part is chunk u, token row m, column
+  // q; batch b copies chunk b·U + u of the part while that is inside the part and zero-fills
+  // the piece otherwise (chunks past the part); all predicated, not branched, as lanes differ
+  // (a branch around each copy: 8192² M = 32 20.2 vs 19.3 µs).
   uint32_t cp_dst[kPieces];
-  int cp_src[kPieces];  // byte offset from the batch's first chunk of row 0 (m·K + u·64 + 16q)
-  int cp_u[kPieces];    // -1: a padding token (or no copy), not copied
+  int cp_src[kPieces];  // byte offset of the part's chunk u in row m (m·K + 64·chunk + 16q)
+  int cp_lim[kPieces];  // copied while b·U < cp_lim (-1: a padding token, never copied)
 #pragma unroll
   for (int j = 0; j < kPieces; ++j) {
-    const int i = threadIdx.x + j * kThreads;
+    const int i = pt + j * kPartThreads;
     const int u = i / (kTok * 4), m = (i / 4) % kTok, q = i % 4;
-    cp_dst[j] = static_cast<uint32_t>((u * kTok + m) * kChunkK + ((q ^ ((m >> 1) & 3)) << 4));
-    cp_src[j] = m * p.k + u * kChunkK + q * 16;
-    cp_u[j] = i < kCopies && m < p.m ? u : -1;
+    cp_dst[j] = static_cast<uint32_t>(((ks * U + u) * kTok + m) * kChunkK + ((q ^ ((m >> 1) & 3)) << 4));
+    cp_src[j] = m * p.k + (c_begin + u) * kChunkK + q * 16;
+    cp_lim[j] = m < p.m ? max(0, min(kc, c_begin + per) - c_begin - u) : -1;  // -1: padding token
   }
-  auto copy_batch = [&](int c, int buf) {
+  auto copy_batch = [&](int b, int buf) {
 #pragma unroll
     for (int j = 0; j < kPieces; ++j) {
-      if (cp_u[j] >= 0 && c + cp_u[j] < c_end) {
-        cp_async16_ca(xs + buf * kBufBytes + cp_dst[j], p.x + static_cast<size_t>(c) * kChunkK + cp_src[j], 16);
-      }
+      const bool in = b * U < cp_lim[j];
+      cp_async16_ca_if(cp_lim[j] >= 0, xs + buf * kBufBytes + cp_dst[j],
+                       in ? p.x + static_cast<size_t>(b) * U * kChunkK + cp_src[j] : p.x, in ? 16 : 0);
     }
     cp_async_commit();
   };
   // ldmatrix: lane 8j + r reads column j of row r of a token tile.
   const int lr = lane & 7, lj = lane >> 3;
-  const uint32_t ld_off = static_cast<uint32_t>(lr * kChunkK + ((lj ^ ((lr >> 1) & 3)) << 4));
+  const uint32_t ld_off =
+      static_cast<uint32_t>(ks * kPartBytes + lr * kChunkK + ((lj ^ ((lr >> 1) & 3)) << 4));
 
   int32_t acc[NT][4];
 #pragma unroll
@@ -106,24 +136,40 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
   // Programmatic dependent launch: this grid may start while the previous kernel of the stream
   // finishes; wait for it (its writes, e.g. the activations or this workspace) before reading.
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  if (c_begin < c_end) copy_batch(c_begin, 0);
-  int buf = 0;
-  for (int c = c_begin; c < c_end; c += U, buf ^= 1) {
+  // Every part of the CTA runs the same number of batches (the barrier below is CTA-wide);
+  // chunks outside a part get zero A fragments (u4 0 with a zero-cancelling offset byte).
+  const int batches = (per + U - 1) / U;
+  // Group of the next chunk, advanced per chunk: a division per chunk (the group size is any
+  // multiple of 64) cost ~30 instructions and a branch each, a third of the loop's issue slots.
+  const int cpg = p.chunks_per_group;
+  int grp = c_begin / cpg, in_grp = c_begin % cpg;
+  copy_batch(0, 0);
+  for (int b = 0; b < batches; ++b) {
+    const int buf = b & 1;
+    const int c = c_begin + b * U;
     uint4 w[U];
     uint32_t meta[U];
     // Issue every weight load of the batch before the first use so that several are in flight.
-    // Chunks past the split get zero A fragments (u4 0 with a zero-cancelling offset byte).
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int cc = c + u;
       const bool ok = cc < c_end;
       w[u] = ok ? ld_stream(wp + static_cast<size_t>(cc) * 32) : make_uint4(0, 0, 0, 0);
-      meta[u] = ok ? __ldg(mp + (cc / p.chunks_per_group) * 8) : 0x80008000u;
+      const uint32_t mv = __ldg(mp + min(grp, ng - 1) * 8);
+      meta[u] = ok ? mv : 0x80008000u;
+      if (++in_grp == cpg) {
+        in_grp = 0;
+        ++grp;
+      }
     }
     cp_async_wait<0>();
-    // Everyone's copies of this batch have landed, and everyone is done with the other buffer.
-    __syncthreads();
-    if (c + U < c_end) copy_batch(c + U, buf ^ 1);
+    // The part's copies of this batch have landed, and its warps are done with the other buffer.
+    if constexpr (S == 1) {
+      __syncthreads();
+    } else {
+      asm volatile("bar.sync %0, %1;\n" ::"r"(1 + ks), "r"(kPartThreads) : "memory");
+    }
+    if (b + 1 < batches) copy_batch(b + 1, buf ^ 1);
     const uint32_t xb = xs + buf * kBufBytes + ld_off;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -131,17 +177,43 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
       dequant(w[u], meta[u], a);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        const uint4 b = ldmatrix_x4(xb + static_cast<uint32_t>((u * kTok + nt * 8) * kChunkK));
-        mma_s8(acc[nt], a[0], b.x, b.y);
-        mma_s8(acc[nt], a[1], b.z, b.w);
+        const uint4 bf = ldmatrix_x4(xb + static_cast<uint32_t>((u * kTok + nt * 8) * kChunkK));
+        mma_s8(acc[nt], a[0], bf.x, bf.y);
+        mma_s8(acc[nt], a[1], bf.z, bf.w);
       }
     }
   }
 
   // The main loop is done: let the next kernel's CTAs launch into the slots this grid frees.
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  if constexpr (S > 1) {
+    // Parts 1..S-1 hand their tiles to part 0 through the (now idle) activation buffers:
+    // [part - 1][row tile][register][lane], lanes contiguous.
+    static_assert((S - 1) * kDecodeWarps * NT * 4 * 32 * 4 <= 2 * kBufBytes, "partial tiles fit");
+    int32_t *red = reinterpret_cast<int32_t *>(xs_buf);
+    __syncthreads();  // every warp is done reading activations
+    if (ks > 0) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) red[(((ks - 1) * kDecodeWarps + rtl) * NT * 4 + nt * 4 + i) * 32 + lane] = acc[nt][i];
+      }
+    }
+    __syncthreads();
+    if (ks == 0) {
+#pragma unroll
+      for (int q = 0; q < S - 1; ++q) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) acc[nt][i] += red[((q * kDecodeWarps + rtl) * NT * 4 + nt * 4 + i) * 32 + lane];
+        }
+      }
+    }
+  }
   const int n0 = rt * 16 + g;
   if (split == 1) {
+    if (ks != 0) return;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       const int m0 = nt * 8 + t * 2;
@@ -154,14 +226,16 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(const GemmPar
     return;
   }
 
-  int32_t *part = p.ws_partials + static_cast<size_t>(s) * p.m * p.n;
+  if (ks == 0) {
+    int32_t *part = p.ws_partials + static_cast<size_t>(s) * p.m * p.n;
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    const int m0 = nt * 8 + t * 2;
+    for (int nt = 0; nt < NT; ++nt) {
+      const int m0 = nt * 8 + t * 2;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int m = m0 + (i & 1), n = n0 + (i >> 1) * 8;
-      if (m < p.m) part[static_cast<size_t>(m) * p.n + n] = acc[nt][i];
+      for (int i = 0; i < 4; ++i) {
+        const int m = m0 + (i & 1), n = n0 + (i >> 1) * 8;
+        if (m < p.m) part[static_cast<size_t>(m) * p.n + n] = acc[nt][i];
+      }
     }
   }
   __threadfence();
@@ -321,41 +395,84 @@ namespace {
 
 bool aligned(const void *ptr, size_t a) { return (reinterpret_cast<uintptr_t>(ptr) % a) == 0; }
 
-// Resident CTAs per SM of the decode kernel for a token-tile count (occupancy API, cached:
-// the answer depends only on the compiled kernel).
-int decode_ctas_per_sm(int nt) {
-  static int cache[4] = {0, 0, 0, 0};
+// The decode kernel for a token-tile count and in-CTA K parts (the instantiated pairs).
+using DecodeFn = void (*)(GemmParams, int, int);
+template <int OUT>
+DecodeFn decode_fn(int nt, int parts) {
+  switch (nt * 16 + parts) {
+    case 16 + 2:
+      return decode_kernel<1, OUT, 2>;
+    case 16 + 4:
+      return decode_kernel<1, OUT, 4>;
+    case 16 + 8:
+      return decode_kernel<1, OUT, 8>;
+    case 32 + 1:
+      return decode_kernel<2, OUT, 1>;
+    case 32 + 2:
+      return decode_kernel<2, OUT, 2>;
+    case 32 + 4:
+      return decode_kernel<2, OUT, 4>;
+    case 32 + 8:
+      return decode_kernel<2, OUT, 8>;
+    case 64 + 1:
+      return decode_kernel<4, OUT, 1>;
+    case 64 + 2:
+      return decode_kernel<4, OUT, 2>;
+    case 64 + 4:
+      return decode_kernel<4, OUT, 4>;
+    case 128 + 1:
+      return decode_kernel<8, OUT, 1>;
+    case 128 + 2:
+      return decode_kernel<8, OUT, 2>;
+    default:
+      return decode_kernel<1, OUT, 1>;
+  }
+}
+int decode_max_parts_of(int nt) {
+  return nt == 1 ? decode_max_parts<1>() : nt == 2 ? decode_max_parts<2>() : nt == 4 ? decode_max_parts<4>()
+                                                                                  : decode_max_parts<8>();
+}
+
+// Opts a decode kernel into its dynamic shared memory beyond the 48 KB default (per device;
+// cheap and idempotent, so done before every query and launch that needs it).
+cudaError_t decode_smem_attr(DecodeFn fn, int nt, int parts) {
+  const int smem = decode_smem_bytes(nt, parts);
+  if (smem <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+}
+
+// Resident CTAs per SM of the decode kernel (occupancy API, cached: the answer depends only on
+// the compiled kernel).
+int decode_ctas_per_sm(int nt, int parts) {
+  static int cache[4][4] = {};
   const int slot = nt == 1 ? 0 : nt == 2 ? 1 : nt == 4 ? 2 : 3;
-  int &c = cache[slot];
+  const int ps = parts == 1 ? 0 : parts == 2 ? 1 : parts == 4 ? 2 : 3;
+  int &c = cache[slot][ps];
   if (c != 0) return c;
   int b = 0;
-  cudaError_t e;
-  if (nt == 1) {
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<1, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
-  } else if (nt == 2) {
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<2, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
-  } else if (nt == 4) {
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<4, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
-  } else {
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, decode_kernel<8, DGQ_OUT_F16>, kDecodeWarps * 32, 0);
+  const DecodeFn fn = decode_fn<DGQ_OUT_F16>(nt, parts);
+  cudaError_t e = decode_smem_attr(fn, nt, parts);
+  if (e == cudaSuccess) {
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, fn, kDecodeWarps * 32 * parts, decode_smem_bytes(nt, parts));
   }
   if (e != cudaSuccess || b < 1) {
     (void)cudaGetLastError();
-    b = 4;
+    b = std::max(1, 4 / parts);
   }
   c = b;
   return c;
 }
 
+// K parts of the decode kernel with one part per CTA (grid.y): fill every resident CTA slot once
+// (a single wave: a partial second wave would stream its share at a fraction of the bandwidth)
+// while each warp keeps at least two batches of loads.
 int decode_split(int m, int n, int k, int num_sms) {
   if (m < 1 || m > kDecodeMaxM || n % kDecodeRows != 0 || k % kChunkK != 0) return 0;
   const int row_blocks = n / kDecodeRows;
   const int kc = k / kChunkK;
   const int nt = decode_nt(m);
   const int u = nt >= 8 ? decode_unroll<8>() : decode_unroll<1>();
-  // Fill every resident CTA slot once (a single wave: a partial second wave would stream its
-  // share at a fraction of the bandwidth) while each warp keeps at least two batches of loads.
-  const int slots = std::max(1, num_sms) * decode_ctas_per_sm(nt);
+  const int slots = std::max(1, num_sms) * decode_ctas_per_sm(nt, 1);
   int split = std::max(1, slots / row_blocks);
   split = std::min(split, std::max(1, kc / (2 * u)));
   // Whole batches per split: a split's time is its number of batches (one HBM round trip
@@ -364,6 +481,50 @@ int decode_split(int m, int n, int k, int num_sms) {
   const int batches = (kc + u - 1) / u;
   const int per = ((batches + split - 1) / split) * u;
   return (kc + per - 1) / per;
+}
+
+// How the decode kernel splits K: `parts` K parts inside each CTA (reduced in shared memory) ×
+// `split` CTAs per row block (reduced through the workspace), `per` chunks per part.
+struct DecodePlan {
+  int parts;
+  int split;
+  int per;
+};
+
+// DGQ_DECODE_CTA_PARTS=n allows at most n K parts per CTA, for comparisons and sweeps (0 or 1:
+// every K part in its own CTA, the split-K of h100-v9).
+int decode_parts_cap() {
+  static const int cap = [] {
+    const char *v = getenv("DGQ_DECODE_CTA_PARTS");
+    return v == nullptr ? 8 : std::max(1, atoi(v));
+  }();
+  return cap;
+}
+
+// The K parts decode_split wants, moved into the CTA as far as the grid still fills the SMs in
+// one wave with at least 3/4 of those parts: the global split-K fix-up (fence, ticket atomic,
+// partial reads: ≈3 µs per call on H100) then goes away where N alone gives enough CTAs
+// (8192², 28672×8192, 8192×28672) and shrinks elsewhere.
+DecodePlan decode_plan(int m, int n, int k, int num_sms) {
+  const int want = decode_split(m, n, k, num_sms);
+  const int kc = k / kChunkK;
+  if (want < 1) return {1, 1, kc};
+  const int row_blocks = n / kDecodeRows;
+  const int nt = decode_nt(m);
+  const int u = nt >= 8 ? decode_unroll<8>() : decode_unroll<1>();
+  const int batches = (kc + u - 1) / u;
+  const int sms = std::max(1, num_sms);
+  for (int parts = decode_max_parts_of(nt); parts > 1; parts /= 2) {
+    if (parts > want || parts > decode_parts_cap()) continue;
+    const int slots = sms * decode_ctas_per_sm(nt, parts);
+    int split = (want + parts - 1) / parts;
+    if (row_blocks * split > slots) split = slots / row_blocks;
+    if (split < 1 || 4 * parts * split < 3 * want || 20 * row_blocks * split < 17 * sms) continue;
+    const int per = ((batches + parts * split - 1) / (parts * split)) * u;
+    return {parts, (kc + per * parts - 1) / (per * parts), per};
+  }
+  const int per = (kc + want - 1) / want;
+  return {1, (kc + per - 1) / per, per};
 }
 
 // Token tile of the wgmma kernel: the least rounds × relative stage cost, where a round is one
@@ -438,32 +599,16 @@ struct PdlLaunch {
   }
 };
 
-template <int NT, int OUT>
-cudaError_t launch_decode_nt(const GemmParams &p, int split, int per, cudaStream_t stream) {
-  // Launched with PDL so that its launch and ramp overlap the previous kernel's tail.
-  PdlLaunch l(dim3(p.n / kDecodeRows, split), dim3(kDecodeWarps * 32), 0, stream);
-  return cudaLaunchKernelEx(&l.cfg, decode_kernel<NT, OUT>, p, split, per);
-}
-
 template <int OUT>
-int launch_decode(const GemmParams &p, int split, cudaStream_t stream) {
-  const int kc = p.k / kChunkK;
-  const int per = (kc + split - 1) / split;
-  split = (kc + per - 1) / per;
-  cudaError_t e;
-  switch (decode_nt(p.m)) {
-    case 1:
-      e = launch_decode_nt<1, OUT>(p, split, per, stream);
-      break;
-    case 2:
-      e = launch_decode_nt<2, OUT>(p, split, per, stream);
-      break;
-    case 4:
-      e = launch_decode_nt<4, OUT>(p, split, per, stream);
-      break;
-    default:
-      e = launch_decode_nt<8, OUT>(p, split, per, stream);
-  }
+int launch_decode(const GemmParams &p, const DecodePlan &plan, cudaStream_t stream) {
+  // Launched with PDL so that its launch and ramp overlap the previous kernel's tail.
+  const int nt = decode_nt(p.m);
+  const DecodeFn fn = decode_fn<OUT>(nt, plan.parts);
+  cudaError_t e = decode_smem_attr(fn, nt, plan.parts);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  PdlLaunch l(dim3(p.n / kDecodeRows, plan.split), dim3(kDecodeWarps * 32 * plan.parts),
+              decode_smem_bytes(nt, plan.parts), stream);
+  e = cudaLaunchKernelEx(&l.cfg, fn, p, plan.split, plan.per);
   if (e != cudaSuccess) return static_cast<int>(e);
   return static_cast<int>(cudaGetLastError());
 }
@@ -600,17 +745,24 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
       a.kernel == DGQ_KERNEL_DECODE || (a.kernel == DGQ_KERNEL_AUTO && auto_decode(a.m, a.n, num_sms));
   if (use_decode) {
     if (a.m > kDecodeMaxM) return DGQ_EINVAL;
-    int split = a.split_k > 0 ? a.split_k : decode_split(a.m, a.n, a.k, num_sms);
-    split = std::min(split, a.k / kChunkK);
+    const int kc = a.k / kChunkK;
+    // A caller's split is one K part per CTA, as asked.
+    DecodePlan plan = a.split_k > 0 ? DecodePlan{1, std::min(a.split_k, kc), 0} : decode_plan(a.m, a.n, a.k, num_sms);
     // Shrink the split to what the caller's workspace holds rather than failing.
     const size_t per_split = static_cast<size_t>(a.m) * a.n;
+    int split = plan.split;
     if (split > 1) {
       // The fix-up reads the partials as 16-byte vectors.
       const size_t fit = a.ws_partials == nullptr || !aligned(a.ws_partials, 16) ? 0 : a.ws_partials_len / per_split;
       if (a.ws_counters == nullptr || a.ws_counters_len < static_cast<size_t>(a.n / kDecodeRows)) split = 1;
       split = static_cast<int>(std::min<size_t>(split, std::max<size_t>(fit, 1)));
     }
-    return launch_decode<OUT>(p, std::max(split, 1), stream);
+    if (split != plan.split || plan.per == 0) {
+      const int parts = plan.parts * std::max(split, 1);
+      plan.per = (kc + parts - 1) / parts;
+      plan.split = (kc + plan.per * plan.parts - 1) / (plan.per * plan.parts);
+    }
+    return launch_decode<OUT>(p, plan, stream);
   }
   const bool wgmma = wgmma_fits(a.n) && (a.kernel == DGQ_KERNEL_PREFILL ||
                                           a.kernel == DGQ_KERNEL_AUTO);
@@ -641,7 +793,7 @@ extern "C" void dgq_w4a8_workspace_len(int32_t m, int32_t n, int32_t k, int32_t 
   using namespace dgq;
   size_t parts = 0, cnt = 0;
   if (m >= 1 && auto_decode(m, n, num_sms)) {
-    const int split = decode_split(m, n, k, num_sms);
+    const int split = decode_plan(m, n, k, num_sms).split;
     if (split > 1) parts = static_cast<size_t>(split) * m * n;
     cnt = static_cast<size_t>(n / kDecodeRows);
   } else if (wgmma_fits(n)) {

@@ -136,8 +136,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
   // Programmatic dependent launch: this grid may start while the previous kernel of the stream
   // finishes; wait for it (its writes, e.g. the activations or this workspace) before reading.
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  // Every part of the CTA runs the same number of batches (the barrier below is CTA-wide);
-  // chunks outside a part get zero A fragments (u4 0 with a zero-cancelling offset byte).
+  // Every part runs the same number of batches; chunks past a part's (or K's) end get zero A
+  // fragments (u4 0 with a zero-cancelling offset byte).
   const int batches = (per + U - 1) / U;
   // Group of the next chunk, advanced per chunk: a division per chunk (the group size is any
   // multiple of 64) cost ~30 instructions and a branch each, a third of the loop's issue slots.

@@ -31,22 +31,16 @@ constexpr int kDecodeUnroll = 4;
 // Chunks per batch (in flight per warp). 8 for one token tile was measured on H100 (71 instead of
 // 48 registers, 7 instead of 10 resident CTAs): 8192² M = 1 17.5 vs 16.3 µs, 8192×28672 45.5 vs
 // 46.8, so 4 stays. Eight token tiles (M <= 64) halve it to stay within registers.
-template <int NT>
-__host__ __device__ constexpr int decode_unroll() {
-  return NT >= 8 ? kDecodeUnroll / 2 : kDecodeUnroll;
-}
+__host__ __device__ constexpr int decode_unroll(int nt) { return nt >= 8 ? kDecodeUnroll / 2 : kDecodeUnroll; }
 constexpr int kDecodeMaxM = 64;
 __host__ __device__ constexpr int decode_nt(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
 // Largest in-CTA K split per token-tile count: the activation double buffer (S × U × 8·NT rows ×
 // 64 bytes × 2) stays within 64 KB of shared memory and 128·S threads × the registers fit.
-template <int NT>
-__host__ __device__ constexpr int decode_max_parts() {
-  return NT == 1 ? 8 : NT == 2 ? 8 : NT == 4 ? 4 : 2;
-}
+__host__ __device__ constexpr int decode_max_parts(int nt) { return nt <= 2 ? 8 : nt == 4 ? 4 : 2; }
 // Dynamic shared memory of the decode kernel: the activation double buffer.
 __host__ __device__ constexpr int decode_smem_bytes(int nt, int parts) {
-  return 2 * parts * (nt >= 8 ? kDecodeUnroll / 2 : kDecodeUnroll) * nt * 8 * kChunkK;
+  return 2 * parts * decode_unroll(nt) * nt * 8 * kChunkK;
 }
 
 // S: K parts inside the CTA. Warp w works on row tile w % 4 over K part w / 4 of this CTA's K
@@ -80,7 +74,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
   // 28.2 µs.) Layout of a buffer: [part][u][token][64 bytes], the 16-byte columns of a row
   // XOR-swizzled by (row / 2) % 4 so that the eight rows of an ldmatrix phase (64-byte stride)
   // hit distinct banks.
-  constexpr int U = decode_unroll<NT>();
+  constexpr int U = decode_unroll(NT);
   constexpr int kTok = NT * 8;
   constexpr int kPartBytes = U * kTok * kChunkK;
   constexpr int kBufBytes = S * kPartBytes;
@@ -428,10 +422,6 @@ DecodeFn decode_fn(int nt, int parts) {
       return decode_kernel<1, OUT, 1>;
   }
 }
-int decode_max_parts_of(int nt) {
-  return nt == 1 ? decode_max_parts<1>() : nt == 2 ? decode_max_parts<2>() : nt == 4 ? decode_max_parts<4>()
-                                                                                  : decode_max_parts<8>();
-}
 
 // Opts a decode kernel into its dynamic shared memory beyond the 48 KB default (per device;
 // cheap and idempotent, so done before every query and launch that needs it).
@@ -471,7 +461,7 @@ int decode_split(int m, int n, int k, int num_sms) {
   const int row_blocks = n / kDecodeRows;
   const int kc = k / kChunkK;
   const int nt = decode_nt(m);
-  const int u = nt >= 8 ? decode_unroll<8>() : decode_unroll<1>();
+  const int u = decode_unroll(nt);
   const int slots = std::max(1, num_sms) * decode_ctas_per_sm(nt, 1);
   int split = std::max(1, slots / row_blocks);
   split = std::min(split, std::max(1, kc / (2 * u)));
@@ -511,10 +501,10 @@ DecodePlan decode_plan(int m, int n, int k, int num_sms) {
   if (want < 1) return {1, 1, kc};
   const int row_blocks = n / kDecodeRows;
   const int nt = decode_nt(m);
-  const int u = nt >= 8 ? decode_unroll<8>() : decode_unroll<1>();
+  const int u = decode_unroll(nt);
   const int batches = (kc + u - 1) / u;
   const int sms = std::max(1, num_sms);
-  for (int parts = decode_max_parts_of(nt); parts > 1; parts /= 2) {
+  for (int parts = decode_max_parts(nt); parts > 1; parts /= 2) {
     if (parts > want || parts > decode_parts_cap()) continue;
     const int slots = sms * decode_ctas_per_sm(nt, parts);
     int split = (want + parts - 1) / parts;

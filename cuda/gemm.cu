@@ -510,6 +510,9 @@ DecodePlan decode_plan(int m, int n, int k, int num_sms) {
     int split = (want + parts - 1) / parts;
     if (row_blocks * split > slots) split = slots / row_blocks;
     if (split < 1 || 4 * parts * split < 3 * want || 20 * row_blocks * split < 17 * sms) continue;
+    // One token tile where a global split remains anyway: more, smaller CTAs (H100, 4096² M = 1,
+    // parts × split: 2 × 4 7.5 µs, 4 × 2 8.7, 1 × 8 7.4; 11008×4096 2 × 3 12.0, 4 × 2 14.5).
+    if (nt == 1 && split > 1 && parts > 2) continue;
     const int per = ((batches + parts * split - 1) / (parts * split)) * u;
     return {parts, (kc + per * parts - 1) / (per * parts), per};
   }

@@ -70,10 +70,13 @@ __device__ __forceinline__ void mma_s8(int32_t (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Weights are read exactly once: keep them out of L1.
+// Weights are read exactly once: keep them out of L1. A coherent load, not ld.global.nc: ptxas
+// sinks read-only (.nc) loads below a bar.sync, and in the decode kernel that put all four weight
+// loads of a batch after the per-batch barrier (SASS, 16 tokens × 8 parts), so the barrier wait
+// and the HBM latency added up instead of overlapping.
 __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+  asm volatile("ld.global.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
   return v;

@@ -86,14 +86,12 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
 }
-// 16-byte cp.async through L1 (.ca: the decode kernel's CTAs read the same activations),
-// zero-filling past src_bytes, issued only where `on` (a predicated instruction, not a branch
-// around it: lanes of a warp differ).
-__device__ __forceinline__ void cp_async16_ca_if(bool on, uint32_t smem_addr, const void *gmem, int src_bytes) {
-  asm volatile(
-      "{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n @p cp.async.ca.shared.global [%1], [%2], 16, %3;\n}\n" ::"r"(
-          static_cast<int>(on)),
-      "r"(smem_addr), "l"(gmem), "r"(src_bytes));
+// 16-byte cp.async through L1 (.ca: the decode kernel's CTAs read the same activations), issued
+// only where `on` (a predicated instruction, not a branch around it: lanes of a warp differ).
+__device__ __forceinline__ void cp_async16_ca_if(bool on, uint32_t smem_addr, const void *gmem) {
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n @p cp.async.ca.shared.global [%1], [%2], 16;\n}\n" ::"r"(
+                   static_cast<int>(on)),
+               "r"(smem_addr), "l"(gmem));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>

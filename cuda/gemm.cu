@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdlib>
 
 #include "common.cuh"
@@ -94,29 +95,31 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
     const int buf = i / (kPartBytes / 16), j = i % (kPartBytes / 16);
     if ((j / 4) % kTok >= p.m) reinterpret_cast<uint4 *>(xs_buf + buf * kBufBytes + ks * kPartBytes)[j] = make_uint4(0, 0, 0, 0);
   }
-  // This thread's copies: piece i = pt + j · 128 of its K part is chunk u, token row m, column
-  // q; batch b copies chunk b·U + u of the part while that is inside the part and zero-fills
-  // the piece otherwise (chunks past the part); all predicated, not branched, as lanes differ
-  // (a branch around each copy: 8192² M = 32 20.2 vs 19.3 µs).
-  uint32_t cp_dst[kPieces];
-  int cp_src[kPieces];  // byte offset of the part's chunk u in row m (m·K + 64·chunk + 16q)
-  int cp_lim[kPieces];  // copied while b·U < cp_lim (-1: a padding token, never copied)
-#pragma unroll
-  for (int j = 0; j < kPieces; ++j) {
-    const int i = pt + j * kPartThreads;
-    const int u = i / (kTok * 4), m = (i / 4) % kTok, q = i % 4;
-    cp_dst[j] = static_cast<uint32_t>(((ks * U + u) * kTok + m) * kChunkK + ((q ^ ((m >> 1) & 3)) << 4));
-    cp_src[j] = m * p.k + (c_begin + u) * kChunkK + q * 16;
-    cp_lim[j] = m < p.m ? max(0, min(kc, c_begin + per) - c_begin - u) : -1;  // -1: padding token
-  }
-  auto copy_batch = [&](int b, int buf) {
+  // This thread's copies: piece i = pt + 128·j of its K part is chunk u0 + du(j), token row
+  // m0 + dm(j), 16-byte column q, with du, dm known at compile time, so one smem address, one
+  // global pointer and one chunk count describe all pieces (per-piece arrays did not fit in the
+  // registers and were recomputed from the thread index every batch). Batch b copies chunk
+  // b·U + u of the part while that is inside the part; chunks past it are not copied (their meta
+  // word, scale 0 and offset 128, makes their A fragments zero whatever the buffer holds).
+  // Predicated, not branched, as lanes differ (a branch around each copy: 8192² M = 32 20.2 vs
+  // 19.3 µs).
+  constexpr int kT4 = kTok * 4;  // 16-byte pieces per chunk
+  auto du = [](int j) { return j * kPartThreads / kT4; };
+  auto dm = [](int j) { return (j * kPartThreads) % kT4 / 4; };  // 0 or 32 (64-token tiles)
+  const int u0 = pt / kT4, m0 = (pt / 4) % kTok, q = pt % 4;
+  const uint32_t cp_dst = static_cast<uint32_t>(((ks * U + u0) * kTok + m0) * kChunkK + ((q ^ ((m0 >> 1) & 3)) << 4));
+  const int8_t *cp_src = p.x + static_cast<size_t>(m0) * p.k + (c_begin + u0) * kChunkK + q * 16;
+  int cp_left = m0 < p.m ? c_end - c_begin - u0 : INT_MIN / 2;  // chunks of piece 0 still to copy
+  auto copy_next = [&](int buf) {
 #pragma unroll
     for (int j = 0; j < kPieces; ++j) {
-      const bool in = b * U < cp_lim[j];
-      cp_async16_ca_if(cp_lim[j] >= 0, xs + buf * kBufBytes + cp_dst[j],
-                       in ? p.x + static_cast<size_t>(b) * U * kChunkK + cp_src[j] : p.x, in ? 16 : 0);
+      const bool on = cp_left > du(j) && (dm(j) == 0 || m0 + dm(j) < p.m);
+      cp_async16_ca_if(on, xs + buf * kBufBytes + cp_dst + (du(j) * kTok + dm(j)) * kChunkK,
+                       cp_src + du(j) * kChunkK + static_cast<size_t>(dm(j)) * p.k);
     }
     cp_async_commit();
+    cp_src += U * kChunkK;
+    cp_left -= U;
   };
   // ldmatrix: lane 8j + r reads column j of row r of a token tile.
   const int lr = lane & 7, lj = lane >> 3;
@@ -133,11 +136,12 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
   // Every part runs the same number of batches; chunks past a part's (or K's) end get zero A
   // fragments (u4 0 with a zero-cancelling offset byte).
   const int batches = (per + U - 1) / U;
-  // Group of the next chunk, advanced per chunk: a division per chunk (the group size is any
-  // multiple of 64) cost ~30 instructions and a branch each, a third of the loop's issue slots.
+  // Meta word of the next chunk, its group advanced per chunk: a division per chunk (the group
+  // size is any multiple of 64) cost ~30 instructions and a branch each, a third of the loop.
   const int cpg = p.chunks_per_group;
-  int grp = c_begin / cpg, in_grp = c_begin % cpg;
-  copy_batch(0, 0);
+  const uint32_t *mq = mp + static_cast<size_t>(c_begin / cpg) * 8;
+  int in_grp = c_begin % cpg;
+  copy_next(0);
   for (int b = 0; b < batches; ++b) {
     const int buf = b & 1;
     const int c = c_begin + b * U;
@@ -149,11 +153,10 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
       const int cc = c + u;
       const bool ok = cc < c_end;
       w[u] = ok ? ld_stream(wp + static_cast<size_t>(cc) * 32) : make_uint4(0, 0, 0, 0);
-      const uint32_t mv = __ldg(mp + min(grp, ng - 1) * 8);
-      meta[u] = ok ? mv : 0x80008000u;
+      meta[u] = ok ? __ldg(mq) : 0x80008000u;  // past the part: A = 0
       if (++in_grp == cpg) {
         in_grp = 0;
-        ++grp;
+        mq += 8;
       }
     }
     cp_async_wait<0>();
@@ -163,7 +166,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S) decode_kernel(const Gem
     } else {
       asm volatile("bar.sync %0, %1;\n" ::"r"(1 + ks), "r"(kPartThreads) : "memory");
     }
-    if (b + 1 < batches) copy_batch(b + 1, buf ^ 1);
+    if (b + 1 < batches) copy_next(buf ^ 1);
     const uint32_t xb = xs + buf * kBufBytes + ld_off;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -425,8 +428,7 @@ DecodeFn decode_fn(int nt, int parts) {
 
 // Opts a decode kernel into its dynamic shared memory beyond the 48 KB default (per device;
 // cheap and idempotent, so done before every query and launch that needs it).
-cudaError_t decode_smem_attr(DecodeFn fn, int nt, int parts) {
-  const int smem = decode_smem_bytes(nt, parts);
+cudaError_t decode_smem_attr(DecodeFn fn, int smem) {
   if (smem <= 48 * 1024) return cudaSuccess;
   return cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
 }
@@ -441,7 +443,7 @@ int decode_ctas_per_sm(int nt, int parts) {
   if (c != 0) return c;
   int b = 0;
   const DecodeFn fn = decode_fn<DGQ_OUT_F16>(nt, parts);
-  cudaError_t e = decode_smem_attr(fn, nt, parts);
+  cudaError_t e = decode_smem_attr(fn, decode_smem_bytes(nt, parts));
   if (e == cudaSuccess) {
     e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, fn, kDecodeWarps * 32 * parts, decode_smem_bytes(nt, parts));
   }
@@ -592,15 +594,44 @@ struct PdlLaunch {
   }
 };
 
+// Shared memory per SM of the current device (cached, as the occupancies above).
+int smem_per_sm() {
+  static const int v = [] {
+    int dev = 0, b = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&b, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
+    }
+    return b;
+  }();
+  return v;
+}
+
+// Dynamic shared memory for a decode launch. The plans assume a grid's CTAs spread evenly over
+// the SMs (ceil(grid / SMs) each); where more would fit on one SM the block scheduler may pack
+// them (with PDL it places CTAs on whichever SMs free up first), leaving SMs idle. Requesting
+// just over 1/(L+1) of an SM's shared memory caps it at L CTAs. (H100, 4096² M = 32, 4 parts ×
+// 2 splits = 128 CTAs, 64 registers so 2 fit per SM: 10.5 µs, vs 8.6 with 84 registers, and
+// 7.9 or 9.2 µs at M = 16 from one run to the next.)
+int decode_launch_smem(int nt, int parts, int grid, int num_sms) {
+  const int need = decode_smem_bytes(nt, parts);
+  const int sm = smem_per_sm();
+  const int per_sm = (grid + std::max(1, num_sms) - 1) / std::max(1, num_sms);
+  if (sm <= 0 || decode_ctas_per_sm(nt, parts) <= per_sm) return need;
+  const int cap = sm / (per_sm + 1) + 16;  // per_sm + 1 CTAs no longer fit (each also has 1 KB reserved)
+  return cap * per_sm + 1024 * per_sm <= sm ? std::max(need, cap) : need;
+}
+
 template <int OUT>
-int launch_decode(const GemmParams &p, const DecodePlan &plan, cudaStream_t stream) {
+int launch_decode(const GemmParams &p, const DecodePlan &plan, int num_sms, cudaStream_t stream) {
   // Launched with PDL so that its launch and ramp overlap the previous kernel's tail.
   const int nt = decode_nt(p.m);
   const DecodeFn fn = decode_fn<OUT>(nt, plan.parts);
-  cudaError_t e = decode_smem_attr(fn, nt, plan.parts);
+  const dim3 grid(p.n / kDecodeRows, plan.split);
+  const int smem = decode_launch_smem(nt, plan.parts, static_cast<int>(grid.x * grid.y), num_sms);
+  cudaError_t e = decode_smem_attr(fn, smem);
   if (e != cudaSuccess) return static_cast<int>(e);
-  PdlLaunch l(dim3(p.n / kDecodeRows, plan.split), dim3(kDecodeWarps * 32 * plan.parts),
-              decode_smem_bytes(nt, plan.parts), stream);
+  PdlLaunch l(grid, dim3(kDecodeWarps * 32 * plan.parts), smem, stream);
   e = cudaLaunchKernelEx(&l.cfg, fn, p, plan.split, plan.per);
   if (e != cudaSuccess) return static_cast<int>(e);
   return static_cast<int>(cudaGetLastError());
@@ -755,7 +786,7 @@ int dispatch(const DgqGemmArgs &a, const GemmParams &p, cudaStream_t stream) {
       plan.per = (kc + parts - 1) / parts;
       plan.split = (kc + plan.per * plan.parts - 1) / (plan.per * plan.parts);
     }
-    return launch_decode<OUT>(p, plan, stream);
+    return launch_decode<OUT>(p, plan, num_sms, stream);
   }
   const bool wgmma = wgmma_fits(a.n) && (a.kernel == DGQ_KERNEL_PREFILL ||
                                           a.kernel == DGQ_KERNEL_AUTO);

@@ -34,6 +34,8 @@ constexpr int kDecodeUnroll = 4;
 // 46.8, so 4 stays. Eight token tiles (M <= 64) halve it to stay within registers.
 __host__ __device__ constexpr int decode_unroll(int nt) { return nt >= 8 ? kDecodeUnroll / 2 : kDecodeUnroll; }
 constexpr int kDecodeMaxM = 64;
+// Weight batches per warp prefetched into L2 before the PDL wait (see decode_kernel).
+constexpr int kDecodePrefetchBatches = 1;
 __host__ __device__ constexpr int decode_nt(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
 // Largest in-CTA K split per token-tile count: the activation double buffer (S × U × 8·NT rows ×
@@ -133,17 +135,30 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
 
-  // Programmatic dependent launch: this grid may start while the previous kernel of the stream
-  // finishes; wait for it (its writes, e.g. the activations or this workspace) before reading.
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  // Every part runs the same number of batches; chunks past a part's (or K's) end get zero A
-  // fragments (u4 0 with a zero-cancelling offset byte).
-  const int batches = (per + U - 1) / U;
   // Meta word of the next chunk, its group advanced per chunk: a division per chunk (the group
   // size is any multiple of 64) cost ~30 instructions and a branch each, a third of the loop.
   const int cpg = p.chunks_per_group;
   const uint32_t *mq = mp + static_cast<size_t>(c_begin / cpg) * 8;
   int in_grp = c_begin % cpg;
+  // Programmatic dependent launch: this grid may start while the previous kernel of the stream
+  // finishes; wait for it (its writes, e.g. the activations or this workspace) before reading.
+  // Before waiting, pull the first weight batches of this warp (and their meta words) into L2,
+  // so the DRAM works during the previous kernel's tail instead of idling through this grid's
+  // first round trip. Only a hint: L2 is the point of coherence, so a line the previous kernel
+  // writes later is still read fresh after the wait.
+  {
+    const int n = min(kDecodePrefetchBatches * U, c_end - c_begin);
+    if (lane == 0 && n > 0) {
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(wp - lane + static_cast<size_t>(c_begin) * 32),
+                   "r"(n * 512)
+                   : "memory");
+    }
+    if (n > 0) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(mq));
+  }
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  // Every part runs the same number of batches; chunks past a part's (or K's) end get zero A
+  // fragments (u4 0 with a zero-cancelling offset byte).
+  const int batches = (per + U - 1) / U;
   copy_next(0);
   for (int b = 0; b < batches; ++b) {
     const int buf = b & 1;

@@ -36,6 +36,16 @@ __host__ __device__ constexpr int decode_unroll(int nt) { return nt >= 8 ? kDeco
 constexpr int kDecodeMaxM = 64;
 // Weight batches per warp prefetched into L2 before the PDL wait (see decode_kernel).
 constexpr int kDecodePrefetchBatches = 1;
+// Token tiles up to this count load the next batch's weights chunk by chunk while computing
+// (see decode_kernel); larger tiles load a batch at the top of the loop.
+#ifndef DGQ_DECODE_ROLL_MAX_NT
+#define DGQ_DECODE_ROLL_MAX_NT 8
+#endif
+constexpr int kDecodeRollMaxNt = DGQ_DECODE_ROLL_MAX_NT;
+#ifndef DGQ_DECODE_DIST_REDUCE
+#define DGQ_DECODE_DIST_REDUCE 1
+#endif
+constexpr bool kDecodeDistReduce = DGQ_DECODE_DIST_REDUCE;
 __host__ __device__ constexpr int decode_nt(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
 // Largest in-CTA K split per token-tile count: the activation double buffer (S × U × 8·NT rows ×
@@ -159,23 +169,32 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode
   // Every part runs the same number of batches; chunks past a part's (or K's) end get zero A
   // fragments (u4 0 with a zero-cancelling offset byte).
   const int batches = (per + U - 1) / U;
+  // The weights and meta of chunk c_begin + i go to w[i % U] / meta[i % U]: the load of chunk
+  // i + U is issued as soon as chunk i is dequantized, so a warp keeps U chunks in flight while
+  // it computes (loading a whole batch at the top of the loop left none in flight through the
+  // batch's dequant and MMAs, about a thousand cycles of 8 warps sharing a scheduler).
+  uint4 w[U];
+  uint32_t meta[U];
+  auto load_chunk = [&](int i, uint4 &wv, uint32_t &mv) {
+    const bool ok = i < c_end - c_begin;
+    wv = ok ? ld_stream(wp + static_cast<size_t>(c_begin + i) * 32) : make_uint4(0, 0, 0, 0);
+    mv = ok ? __ldg(mq) : 0x80008000u;  // past the part: A = 0
+    if (++in_grp == cpg) {
+      in_grp = 0;
+      mq += 8;
+    }
+  };
+  constexpr bool kRoll = NT <= kDecodeRollMaxNt;
+  if constexpr (kRoll) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) load_chunk(u, w[u], meta[u]);
+  }
   copy_next(0);
   for (int b = 0; b < batches; ++b) {
     const int buf = b & 1;
-    const int c = c_begin + b * U;
-    uint4 w[U];
-    uint32_t meta[U];
-    // Issue every weight load of the batch before the first use so that several are in flight.
+    if constexpr (!kRoll) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int cc = c + u;
-      const bool ok = cc < c_end;
-      w[u] = ok ? ld_stream(wp + static_cast<size_t>(cc) * 32) : make_uint4(0, 0, 0, 0);
-      meta[u] = ok ? __ldg(mq) : 0x80008000u;  // past the part: A = 0
-      if (++in_grp == cpg) {
-        in_grp = 0;
-        mq += 8;
-      }
+      for (int u = 0; u < U; ++u) load_chunk(b * U + u, w[u], meta[u]);
     }
     cp_async_wait<0>();
     // The part's copies of this batch have landed, and its warps are done with the other buffer.
@@ -190,6 +209,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode
     for (int u = 0; u < U; ++u) {
       uint32_t a[2][4];
       dequant(w[u], meta[u], a);
+      if constexpr (kRoll) load_chunk((b + 1) * U + u, w[u], meta[u]);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const uint4 bf = ldmatrix_x4(xb + static_cast<uint32_t>((u * kTok + nt * 8) * kChunkK));
@@ -201,7 +221,40 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode
 
   // The main loop is done: let the next kernel's CTAs launch into the slots this grid frees.
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  if constexpr (S > 1) {
+  if constexpr (S > 1 && kDecodeDistReduce) {
+    // Every part stores its tile in the (now idle) activation buffers, [part][row tile][register]
+    // [lane], and all S·128 threads then each sum and store a share of the tile's values: the
+    // tail after the last batch, when HBM idles, is S times shorter than with part 0 summing
+    // the S - 1 other tiles alone (7·NT·4 shared loads per thread at S = 8).
+    constexpr int kVals = kDecodeWarps * NT * 4 * 32;
+    static_assert(S * kVals * 4 <= 2 * kBufBytes, "partial tiles fit");
+    int32_t *red = reinterpret_cast<int32_t *>(xs_buf);
+    __syncthreads();  // every warp is done reading activations
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) red[((ks * kDecodeWarps + rtl) * NT * 4 + nt * 4 + i) * 32 + lane] = acc[nt][i];
+    }
+    __syncthreads();
+    int32_t *part = p.ws_partials + static_cast<size_t>(s) * p.m * p.n;
+    for (int v = threadIdx.x; v < kVals; v += S * kPartThreads) {
+      int32_t sum = 0;
+#pragma unroll
+      for (int q = 0; q < S; ++q) sum += red[q * kVals + v];
+      // v = ((row tile · NT + nt) · 4 + i) · 32 + lane, the MMA accumulator layout.
+      const int ln = v % 32, i = (v / 32) % 4, nt = (v / 128) % NT, r = v / (128 * NT);
+      const int m = nt * 8 + (ln & 3) * 2 + (i & 1);
+      const int n = (rb * kDecodeWarps + r) * 16 + (ln >> 2) + (i >> 1) * 8;
+      if (m < p.m) {
+        if (split == 1) {
+          store_out<OUT>(p, m, n, sum);
+        } else {
+          part[static_cast<size_t>(m) * p.n + n] = sum;
+        }
+      }
+    }
+    if (split == 1) return;
+  } else if constexpr (S > 1) {
     // Parts 1..S-1 hand their tiles to part 0 through the (now idle) activation buffers:
     // [part - 1][row tile][register][lane], lanes contiguous.
     static_assert((S - 1) * kDecodeWarps * NT * 4 * 32 * 4 <= 2 * kBufBytes, "partial tiles fit");
@@ -226,6 +279,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode
       }
     }
   }
+  const bool distributed = S > 1 && kDecodeDistReduce;
   const int n0 = rt * 16 + g;
   if (split == 1) {
     if (ks != 0) return;
@@ -241,7 +295,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode
     return;
   }
 
-  if (ks == 0) {
+  if (ks == 0 && !distributed) {
     int32_t *part = p.ws_partials + static_cast<size_t>(s) * p.m * p.n;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {

@@ -13,7 +13,9 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 #include "common.cuh"
 
@@ -38,14 +40,14 @@ constexpr int kDecodeMaxM = 64;
 constexpr int kDecodePrefetchBatches = 1;
 // Token tiles up to this count load the next batch's weights chunk by chunk while computing
 // (see decode_kernel); larger tiles load a batch at the top of the loop.
-#ifndef DGQ_DECODE_ROLL_MAX_NT
-#define DGQ_DECODE_ROLL_MAX_NT 8
+#ifndef DGQ_DECODE_ROLL_NT_MASK
+#define DGQ_DECODE_ROLL_NT_MASK 0
 #endif
-constexpr int kDecodeRollMaxNt = DGQ_DECODE_ROLL_MAX_NT;
-#ifndef DGQ_DECODE_DIST_REDUCE
-#define DGQ_DECODE_DIST_REDUCE 1
+constexpr int kDecodeRollNtMask = DGQ_DECODE_ROLL_NT_MASK;
+#ifndef DGQ_DECODE_DIST_MIN_PARTS
+#define DGQ_DECODE_DIST_MIN_PARTS 8
 #endif
-constexpr bool kDecodeDistReduce = DGQ_DECODE_DIST_REDUCE;
+constexpr int kDecodeDistMinParts = DGQ_DECODE_DIST_MIN_PARTS;
 __host__ __device__ constexpr int decode_nt(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
 // Largest in-CTA K split per token-tile count: the activation double buffer (S × U × 8·NT rows ×
@@ -65,7 +67,7 @@ __host__ __device__ constexpr int decode_smem_bytes(int nt, int parts) {
 // 512-thread kernel into 64 registers with a spill in the loop, and the plans then take 2 CTAs
 // per SM (H100, 4096×11008 M = 32: 16.6 µs vs 15.7 at 86 registers). 0: ptxas's default.
 template <int NT, int OUT, int S>
-__global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode_kernel(const GemmParams p, const int split,
+__global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? (S == 1 ? 6 : S == 2 ? 3 : 1) : 0) decode_kernel(const GemmParams p, const int split,
                                                                        const int per) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -184,7 +186,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode
       mq += 8;
     }
   };
-  constexpr bool kRoll = NT <= kDecodeRollMaxNt;
+  constexpr bool kRoll = (kDecodeRollNtMask >> NT) & 1;
   if constexpr (kRoll) {
 #pragma unroll
     for (int u = 0; u < U; ++u) load_chunk(u, w[u], meta[u]);
@@ -221,7 +223,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode
 
   // The main loop is done: let the next kernel's CTAs launch into the slots this grid frees.
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  if constexpr (S > 1 && kDecodeDistReduce) {
+  if constexpr (S > 1 && S >= kDecodeDistMinParts) {
     // Every part stores its tile in the (now idle) activation buffers, [part][row tile][register]
     // [lane], and all S·128 threads then each sum and store a share of the tile's values: the
     // tail after the last batch, when HBM idles, is S times shorter than with part 0 summing
@@ -279,7 +281,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode
       }
     }
   }
-  const bool distributed = S > 1 && kDecodeDistReduce;
+  const bool distributed = S > 1 && S >= kDecodeDistMinParts;
   const int n0 = rt * 16 + g;
   if (split == 1) {
     if (ks != 0) return;
@@ -569,6 +571,21 @@ int decode_parts_cap() {
 // one wave with at least 3/4 of those parts: the global split-K fix-up (fence, ticket atomic,
 // partial reads: ≈3 µs per call on H100) then goes away where N alone gives enough CTAs
 // (8192², 28672×8192, 8192×28672) and shrinks elsewhere.
+// DGQ_DECODE_PLAN=parts,split forces a plan (parts a power of two up to decode_max_parts), for
+// sweeps; other values are ignored.
+bool decode_plan_forced(int nt, int *parts, int *split) {
+  static const std::pair<int, int> f = [] {
+    const char *v = getenv("DGQ_DECODE_PLAN");
+    int a = 0, b = 0;
+    if (v == nullptr || sscanf(v, "%d,%d", &a, &b) != 2) return std::make_pair(0, 0);
+    return std::make_pair(a, b);
+  }();
+  if (f.first < 1 || f.first > decode_max_parts(nt) || (f.first & (f.first - 1)) != 0 || f.second < 1) return false;
+  *parts = f.first;
+  *split = f.second;
+  return true;
+}
+
 DecodePlan decode_plan(int m, int n, int k, int num_sms) {
   const int want = decode_split(m, n, k, num_sms);
   const int kc = k / kChunkK;
@@ -577,6 +594,11 @@ DecodePlan decode_plan(int m, int n, int k, int num_sms) {
   const int nt = decode_nt(m);
   const int u = decode_unroll(nt);
   const int batches = (kc + u - 1) / u;
+  int fp = 0, fs = 0;
+  if (decode_plan_forced(nt, &fp, &fs)) {
+    const int per = ((batches + fp * fs - 1) / (fp * fs)) * u;
+    return {fp, (kc + per * fp - 1) / (per * fp), per};
+  }
   const int sms = std::max(1, num_sms);
   for (int parts = decode_max_parts(nt); parts > 1; parts /= 2) {
     if (parts > want || parts > decode_parts_cap()) continue;

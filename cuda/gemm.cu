@@ -38,16 +38,10 @@ __host__ __device__ constexpr int decode_unroll(int nt) { return nt >= 8 ? kDeco
 constexpr int kDecodeMaxM = 64;
 // Weight batches per warp prefetched into L2 before the PDL wait (see decode_kernel).
 constexpr int kDecodePrefetchBatches = 1;
-// Token tiles up to this count load the next batch's weights chunk by chunk while computing
-// (see decode_kernel); larger tiles load a batch at the top of the loop.
-#ifndef DGQ_DECODE_ROLL_NT_MASK
-#define DGQ_DECODE_ROLL_NT_MASK 0
-#endif
-constexpr int kDecodeRollNtMask = DGQ_DECODE_ROLL_NT_MASK;
-#ifndef DGQ_DECODE_DIST_MIN_PARTS
-#define DGQ_DECODE_DIST_MIN_PARTS 8
-#endif
-constexpr int kDecodeDistMinParts = DGQ_DECODE_DIST_MIN_PARTS;
+// K parts per CTA from which all of them share the final in-CTA reduction (see decode_kernel).
+// H100: at 8 parts 8192² M = 16 14.2 vs 14.7 µs, 8192×28672 M = 16 41.7 vs 42.3; at fewer parts
+// it was slower (4096×11008 M = 1, 2 parts × 8: 13.1 vs 12.6; 8192² M = 32, 2 × 3: 19.0 vs 18.0).
+constexpr int kDecodeDistMinParts = 8;
 __host__ __device__ constexpr int decode_nt(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
 // Largest in-CTA K split per token-tile count: the activation double buffer (S × U × 8·NT rows ×
@@ -67,7 +61,7 @@ __host__ __device__ constexpr int decode_smem_bytes(int nt, int parts) {
 // 512-thread kernel into 64 registers with a spill in the loop, and the plans then take 2 CTAs
 // per SM (H100, 4096×11008 M = 32: 16.6 µs vs 15.7 at 86 registers). 0: ptxas's default.
 template <int NT, int OUT, int S>
-__global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? (S == 1 ? 6 : S == 2 ? 3 : 1) : 0) decode_kernel(const GemmParams p, const int split,
+__global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode_kernel(const GemmParams p, const int split,
                                                                        const int per) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -171,32 +165,26 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? (S == 1 ? 6 :
   // Every part runs the same number of batches; chunks past a part's (or K's) end get zero A
   // fragments (u4 0 with a zero-cancelling offset byte).
   const int batches = (per + U - 1) / U;
-  // The weights and meta of chunk c_begin + i go to w[i % U] / meta[i % U]: the load of chunk
-  // i + U is issued as soon as chunk i is dequantized, so a warp keeps U chunks in flight while
-  // it computes (loading a whole batch at the top of the loop left none in flight through the
-  // batch's dequant and MMAs, about a thousand cycles of 8 warps sharing a scheduler).
-  uint4 w[U];
-  uint32_t meta[U];
-  auto load_chunk = [&](int i, uint4 &wv, uint32_t &mv) {
-    const bool ok = i < c_end - c_begin;
-    wv = ok ? ld_stream(wp + static_cast<size_t>(c_begin + i) * 32) : make_uint4(0, 0, 0, 0);
-    mv = ok ? __ldg(mq) : 0x80008000u;  // past the part: A = 0
-    if (++in_grp == cpg) {
-      in_grp = 0;
-      mq += 8;
-    }
-  };
-  constexpr bool kRoll = (kDecodeRollNtMask >> NT) & 1;
-  if constexpr (kRoll) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) load_chunk(u, w[u], meta[u]);
-  }
   copy_next(0);
   for (int b = 0; b < batches; ++b) {
     const int buf = b & 1;
-    if constexpr (!kRoll) {
+    const int c = c_begin + b * U;
+    uint4 w[U];
+    uint32_t meta[U];
+    // Issue every weight load of the batch before the first use so that several are in flight.
+    // (Loading chunk c + U right after chunk c is dequantized, so that a warp keeps U chunks in
+    // flight through the MMAs, was slower on H100: 8192² M = 1 / 16 14.0 / 15.9 vs 13.5 / 14.7
+    // µs; at 32-token tiles it needs 96–100 registers.)
 #pragma unroll
-      for (int u = 0; u < U; ++u) load_chunk(b * U + u, w[u], meta[u]);
+    for (int u = 0; u < U; ++u) {
+      const int cc = c + u;
+      const bool ok = cc < c_end;
+      w[u] = ok ? ld_stream(wp + static_cast<size_t>(cc) * 32) : make_uint4(0, 0, 0, 0);
+      meta[u] = ok ? __ldg(mq) : 0x80008000u;  // past the part: A = 0
+      if (++in_grp == cpg) {
+        in_grp = 0;
+        mq += 8;
+      }
     }
     cp_async_wait<0>();
     // The part's copies of this batch have landed, and its warps are done with the other buffer.
@@ -211,7 +199,6 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? (S == 1 ? 6 :
     for (int u = 0; u < U; ++u) {
       uint32_t a[2][4];
       dequant(w[u], meta[u], a);
-      if constexpr (kRoll) load_chunk((b + 1) * U + u, w[u], meta[u]);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const uint4 bf = ldmatrix_x4(xb + static_cast<uint32_t>((u * kTok + nt * 8) * kChunkK));
@@ -567,10 +554,6 @@ int decode_parts_cap() {
   return cap;
 }
 
-// The K parts decode_split wants, moved into the CTA as far as the grid still fills the SMs in
-// one wave with at least 3/4 of those parts: the global split-K fix-up (fence, ticket atomic,
-// partial reads: ≈3 µs per call on H100) then goes away where N alone gives enough CTAs
-// (8192², 28672×8192, 8192×28672) and shrinks elsewhere.
 // DGQ_DECODE_PLAN=parts,split forces a plan (parts a power of two up to decode_max_parts), for
 // sweeps; other values are ignored.
 bool decode_plan_forced(int nt, int *parts, int *split) {
@@ -586,6 +569,12 @@ bool decode_plan_forced(int nt, int *parts, int *split) {
   return true;
 }
 
+// The K parts decode_split wants, moved into the CTA as far as the grid still fills the SMs in
+// one wave with at least 3/4 of those parts, or half of them where no global split is left: the
+// global split-K fix-up (fence, ticket atomic, partial reads: ≈3 µs per call on H100) then goes
+// away where N alone gives enough CTAs (8192², 28672×8192, 8192×28672) and shrinks elsewhere.
+// (H100, 8192² M = 32, parts × split: 4 × 1 16.4 µs, 2 × 3 18.4; 11008×4096 M = 16 4 × 1 12.1,
+// 2 × 3 12.4; 8192×28672 M = 32 4 × 1 47.7, 2 × 3 47.2.)
 DecodePlan decode_plan(int m, int n, int k, int num_sms) {
   const int want = decode_split(m, n, k, num_sms);
   const int kc = k / kChunkK;
@@ -605,7 +594,8 @@ DecodePlan decode_plan(int m, int n, int k, int num_sms) {
     const int slots = sms * decode_ctas_per_sm(nt, parts);
     int split = (want + parts - 1) / parts;
     if (row_blocks * split > slots) split = slots / row_blocks;
-    if (split < 1 || 4 * parts * split < 3 * want || 20 * row_blocks * split < 17 * sms) continue;
+    if (split < 1 || 20 * row_blocks * split < 17 * sms) continue;
+    if (4 * parts * split < 3 * want && (split > 1 || 2 * parts < want)) continue;
     // One token tile where a global split remains anyway: more, smaller CTAs (H100, 4096² M = 1,
     // parts × split: 2 × 4 7.5 µs, 4 × 2 8.7, 1 × 8 7.4; 11008×4096 2 × 3 12.0, 4 × 2 14.5).
     if (nt == 1 && split > 1 && parts > 2) continue;

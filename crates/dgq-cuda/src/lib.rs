@@ -16,7 +16,9 @@
 //!   m64n{64,128,256}k32 with the weights as the register operand in the persistent,
 //!   warp-specialised prefill kernel. Both are launched with programmatic dependent launch (their
 //!   launch overlaps the previous kernel's tail; they wait for it before touching memory);
-//!   `DGQ_NO_PDL=1` turns that off.
+//!   `DGQ_NO_PDL=1` turns that off. For benchmark sweeps, `DGQ_DECODE_CTA_PARTS=n` caps the K
+//!   parts inside a decode CTA and `DGQ_DECODE_PLAN=parts,split` forces the decode plan (both
+//!   read once per process; results stay bit-exact, only speed changes).
 //!
 //! - [`raw`]: the same operations on raw device addresses and a caller's `CUstream` (for the C
 //!   ABI), with the same checks, plus a workspace-size query and caller-provided workspace.

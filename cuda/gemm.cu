@@ -210,7 +210,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode
 
   // The main loop is done: let the next kernel's CTAs launch into the slots this grid frees.
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  if constexpr (S > 1 && S >= kDecodeDistMinParts) {
+  constexpr bool kSharedReduce = S > 1 && S >= kDecodeDistMinParts;
+  if constexpr (kSharedReduce) {
     // Every part stores its tile in the (now idle) activation buffers, [part][row tile][register]
     // [lane], and all S·128 threads then each sum and store a share of the tile's values: the
     // tail after the last batch, when HBM idles, is S times shorter than with part 0 summing
@@ -268,7 +269,6 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode
       }
     }
   }
-  const bool distributed = S > 1 && S >= kDecodeDistMinParts;
   const int n0 = rt * 16 + g;
   if (split == 1) {
     if (ks != 0) return;
@@ -284,7 +284,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode
     return;
   }
 
-  if (ks == 0 && !distributed) {
+  if (ks == 0 && !kSharedReduce) {
     int32_t *part = p.ws_partials + static_cast<size_t>(s) * p.m * p.n;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -573,8 +573,8 @@ bool decode_plan_forced(int nt, int *parts, int *split) {
 // one wave with at least 3/4 of those parts, or half of them where no global split is left: the
 // global split-K fix-up (fence, ticket atomic, partial reads: ≈3 µs per call on H100) then goes
 // away where N alone gives enough CTAs (8192², 28672×8192, 8192×28672) and shrinks elsewhere.
-// (H100, 8192² M = 32, parts × split: 4 × 1 16.4 µs, 2 × 3 18.4; 11008×4096 M = 16 4 × 1 12.1,
-// 2 × 3 12.4; 8192×28672 M = 32 4 × 1 47.7, 2 × 3 47.2.)
+// (H100, parts × split: 8192² M = 32 4 × 1 16.0 µs, 2 × 3 17.9; 11008×4096 M = 1–8 4 × 1
+// 10.7, 2 × 3 12.0–12.2; 8192×28672 M = 32 4 × 1 47.0, 2 × 3 46.6.)
 DecodePlan decode_plan(int m, int n, int k, int num_sms) {
   const int want = decode_split(m, n, k, num_sms);
   const int kc = k / kChunkK;

@@ -41,7 +41,7 @@ constexpr int kDecodePrefetchBatches = 1;
 // K parts per CTA from which all of them share the final in-CTA reduction (see decode_kernel).
 // H100: at 8 parts 8192² M = 16 14.2 vs 14.7 µs, 8192×28672 M = 16 41.7 vs 42.3; at fewer parts
 // it was slower (4096×11008 M = 1, 2 parts × 8: 13.1 vs 12.6; 8192² M = 32, 2 × 3: 19.0 vs 18.0).
-constexpr int kDecodeDistMinParts = 8;
+constexpr int kDecodeSharedReduceMinParts = 8;
 __host__ __device__ constexpr int decode_nt(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 
 // Largest in-CTA K split per token-tile count: the activation double buffer (S × U × 8·NT rows ×
@@ -210,7 +210,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32 * S, NT == 4 ? 1 : 0) decode
 
   // The main loop is done: let the next kernel's CTAs launch into the slots this grid frees.
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  constexpr bool kSharedReduce = S > 1 && S >= kDecodeDistMinParts;
+  constexpr bool kSharedReduce = S > 1 && S >= kDecodeSharedReduceMinParts;
   if constexpr (kSharedReduce) {
     // Every part stores its tile in the (now idle) activation buffers, [part][row tile][register]
     // [lane], and all S·128 threads then each sum and store a share of the tile's values: the

@@ -1,7 +1,7 @@
 //! The C ABI called from Rust: every entry point against the dgq-core function it wraps (bit for
 //! bit), round trips through files, error statuses and messages, and damaged files.
 
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{CStr, CString};
 use std::ptr::{null, null_mut};
 
 use dgq_capi::*;

@@ -7,7 +7,7 @@
 
 #![cfg(feature = "cuda")]
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::c_void;
 use std::ptr::{null, null_mut};
 use std::sync::Arc;
 

@@ -1,10 +1,8 @@
 //! Host-only tests of the kernel layout (no GPU needed; run everywhere).
 
-mod common;
-
-use common::random_dgq;
 use dgq_cuda::layout::{prepare_host, unprepare_host};
 use dgq_cuda::Error;
+use dgq_testkit::random_dgq;
 
 #[test]
 fn prepare_is_a_bijection() {

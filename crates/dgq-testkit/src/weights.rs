@@ -86,7 +86,7 @@ pub fn sym_weight<R: TestRng>(
     g: usize,
     mut scale: impl FnMut(&mut R) -> f32,
 ) -> SymIntWeight {
-    let m = bits.sym_max() as i32;
+    let m = bits.sym_max();
     let q = Array2::from_shape_fn((n, k), |_| rng.int_in(-m, m) as i8);
     let scales = Array2::from_shape_fn((n, k / g), |_| f16::from_f32(scale(rng)));
     SymIntWeight::new(bits, g, q, scales).expect("random weight is valid")

@@ -1,9 +1,7 @@
-//! Helpers shared by the GPU tests: the CPU references (random weights and activations come from
-//! dgq-testkit).
+//! The CPU references of the GPU tests (random weights and activations come from dgq-testkit).
 #![allow(dead_code)]
 
 use dgq_core::DualGrainedWeight;
-pub use dgq_testkit::{gpu, random_acts, random_dgq, Gpu, SplitMix64};
 
 /// Exact INT32 reference `X · W_s8ᵀ`: the CPU reference kernel of `dgq_core`.
 pub fn ref_gemm_i32(x: &[i8], m: usize, w: &DualGrainedWeight) -> Vec<i32> {

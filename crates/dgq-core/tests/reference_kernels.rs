@@ -3,7 +3,6 @@
 //! floating-point error bound stated in `dgq_core::reference`.
 
 use dgq_core::act::{quantize_per_token, quantize_static, ActQuant, QuantizedActs};
-use dgq_core::quant::dual_grained::q_bounds;
 use dgq_core::quant::Bits;
 use dgq_core::reference::{
     fake_quant_w4a8, fake_quant_w8a8, gemm_i8_i32, matmul_f32_nt, nmse, w4a16_gemm, w4a16_gemm_dgq,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use common::*;
 use cudarc::driver::{CudaSlice, CudaStream};
 use dgq_cuda::*;
-use dgq_testkit::Device;
+use dgq_testkit::{gpu, random_acts, random_dgq, Device, Gpu, SplitMix64};
 use half::{bf16, f16};
 
 fn quick() -> bool {

@@ -1,7 +1,7 @@
 //! The C ABI called from Rust: every entry point against the dgq-core function it wraps (bit for
 //! bit), round trips through files, error statuses and messages, and damaged files.
 
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{CStr, CString};
 use std::ptr::{null, null_mut};
 
 use dgq_capi::*;
@@ -11,29 +11,7 @@ use dgq_core::{DgqConfig, DualGrainedWeight};
 use ndarray::{Array1, Array2, ArrayD};
 
 use dgq_status::*;
-
-fn last_error() -> String {
-    // SAFETY: NULL/0 queries the length; then a buffer of that size plus the NUL.
-    let n = unsafe { dgq_last_error_message(null_mut(), 0) };
-    let mut buf = vec![0 as c_char; n + 1];
-    unsafe { dgq_last_error_message(buf.as_mut_ptr(), buf.len()) };
-    // SAFETY: NUL-terminated by the call above.
-    unsafe { CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-#[track_caller]
-fn ok(s: dgq_status) {
-    assert_eq!(s, DGQ_STATUS_OK, "{}", last_error());
-}
-
-#[track_caller]
-fn fails(s: dgq_status, want: dgq_status, needle: &str) {
-    let msg = last_error();
-    assert_eq!(s, want, "message: {msg}");
-    assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
-}
+use dgq_testkit::capi::{fails, last_error, ok};
 
 /// Deterministic values in [-scale, scale), with every 11th column 8× larger.
 fn data(rows: usize, cols: usize, seed: u64, scale: f32) -> Array2<f32> {

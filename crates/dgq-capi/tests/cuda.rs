@@ -2,11 +2,12 @@
 //! (allocated with cudarc) and a caller-created stream: INT32 accumulators bit-exact against
 //! `dgq_core::reference::w4a8_gemm_i32`, f16/bf16 outputs bit-exact against the f32 reference
 //! epilogue rounded the same way, activation codes and scales bit-exact against `dgq_core::act`,
-//! and statuses for bad input. GPU tests skip with a printed reason without a usable GPU.
+//! and statuses for bad input. GPU tests skip with a printed reason without a usable GPU (fail
+//! under `DGQ_REQUIRE_GPU=1`).
 
 #![cfg(feature = "cuda")]
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::c_void;
 use std::ptr::{null, null_mut};
 use std::sync::Arc;
 
@@ -14,73 +15,14 @@ use dgq_capi::*;
 use dgq_core::act::QuantizedActs;
 use dgq_core::DualGrainedWeight;
 use dgq_cuda::cudarc::driver::{
-    result as cu, CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits,
+    result as cu, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits,
 };
 use half::{bf16, f16};
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
 use dgq_status::*;
-
-fn last_error() -> String {
-    // SAFETY: NULL/0 queries the length; then a buffer of that size plus the NUL.
-    let n = unsafe { dgq_last_error_message(null_mut(), 0) };
-    let mut buf = vec![0 as c_char; n + 1];
-    unsafe { dgq_last_error_message(buf.as_mut_ptr(), buf.len()) };
-    // SAFETY: NUL-terminated by the call above.
-    unsafe { CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-#[track_caller]
-fn ok(s: dgq_status) {
-    assert_eq!(s, DGQ_STATUS_OK, "{}", last_error());
-}
-
-#[track_caller]
-fn fails(s: dgq_status, want: dgq_status, needle: &str) {
-    let msg = last_error();
-    assert_eq!(s, want, "message: {msg}");
-    assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
-}
-
-/// SplitMix64.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn sym(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
-
-/// A GPU with the kernels, a stream of its own (not the default stream) on it, or a printed
-/// reason for skipping.
-fn gpu() -> Option<(Arc<CudaContext>, Arc<CudaStream>)> {
-    if !dgq_cuda_built() {
-        eprintln!("skipping GPU test: dgq-cuda was built without CUDA kernels (no nvcc)");
-        return None;
-    }
-    match dgq_cuda::open_device(0) {
-        Ok(ctx) => match ctx.new_stream() {
-            Ok(s) => Some((ctx, s)),
-            Err(e) => {
-                eprintln!("skipping GPU test: cannot create a stream: {e}");
-                None
-            }
-        },
-        Err(e) => {
-            eprintln!("skipping GPU test: {e}");
-            None
-        }
-    }
-}
+use dgq_testkit::capi::{fails, last_error, ok};
+use dgq_testkit::{gpu_own_stream, random_acts, Gpu, SplitMix64};
 
 fn stream_ptr(s: &CudaStream) -> *mut c_void {
     s.cu_stream().cast()
@@ -115,7 +57,7 @@ impl Drop for Cw {
 
 /// An RTN-quantized random `[n, k]` weight (through the C API) and its canonical parts.
 fn weight(n: usize, k: usize, g: usize, seed: u64) -> (W, DualGrainedWeight) {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let w: Vec<f32> = (0..n * k).map(|_| rng.sym()).collect();
     let cfg = dgq_quant_config {
         method: dgq_quant_method::DGQ_QUANT_RTN as i32,
@@ -173,16 +115,11 @@ fn ws_size(cw: &Cw, m: usize, cfg: &dgq_cuda_gemm_config) -> usize {
     bytes
 }
 
-fn random_acts(m: usize, k: usize, seed: u64) -> Vec<i8> {
-    let mut rng = Rng(seed);
-    (0..m * k)
-        .map(|_| ((rng.next() % 255) as i32 - 127) as i8)
-        .collect()
-}
-
 #[test]
 fn gemm_i32_is_bit_exact_with_caller_memory_and_stream() {
-    let Some((_ctx, s)) = gpu() else { return };
+    let Some(Gpu { stream: s, .. }) = gpu_own_stream() else {
+        return;
+    };
     use dgq_cuda_kernel::*;
     // Two wgmma tilings of N (2 and 3 tiles of 128 channels), group sizes 128 and 64; K spans
     // several groups.
@@ -290,11 +227,13 @@ fn check_exact<T: Copy + PartialEq + std::fmt::Debug>(
 
 #[test]
 fn quantize_then_gemm_epilogue_is_bit_exact() {
-    let Some((_ctx, s)) = gpu() else { return };
+    let Some(Gpu { stream: s, .. }) = gpu_own_stream() else {
+        return;
+    };
     let (n, k, g) = (256usize, 512usize, 128usize);
     let (h, dw) = weight(n, k, g, 77);
     let cw = upload(&h, &s);
-    let mut rng = Rng(5);
+    let mut rng = SplitMix64::new(5);
     let bias: Vec<f32> = (0..n).map(|_| rng.sym()).collect();
     let bias_d = s.clone_htod(&bias).unwrap();
     let smooth: Vec<f32> = (0..k).map(|_| 1.0 + 1.5 * (rng.sym() + 1.0)).collect();
@@ -468,7 +407,9 @@ fn quantize_then_gemm_epilogue_is_bit_exact() {
 
 #[test]
 fn bad_input_gets_the_right_status_and_launches_nothing() {
-    let Some((_ctx, s)) = gpu() else { return };
+    let Some(Gpu { stream: s, .. }) = gpu_own_stream() else {
+        return;
+    };
     use dgq_cuda_kernel::*;
     let (m, n, k) = (4usize, 256usize, 256usize);
     let (h, _) = weight(n, k, 128, 3);
@@ -772,7 +713,9 @@ fn bad_input_gets_the_right_status_and_launches_nothing() {
 
 #[test]
 fn calls_leave_the_threads_current_context_alone() {
-    let Some((_ctx, s)) = gpu() else { return };
+    let Some(Gpu { stream: s, .. }) = gpu_own_stream() else {
+        return;
+    };
     let (m, k) = (2usize, 64usize);
     let x = s.clone_htod(&vec![0x3c00u16; m * k]).unwrap();
     let q = zeros::<i8>(&s, m * k);

@@ -14,11 +14,10 @@ use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use dgq_core::act::{quantize_per_token, QuantizedActs};
-use dgq_core::quant::dual_grained::q_bounds;
 use dgq_core::reference::{matmul_f32_nt, w4a8_gemm};
 use dgq_core::DualGrainedWeight;
-use half::f16;
-use ndarray::{Array1, Array2};
+use dgq_testkit::TestRng;
+use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -28,17 +27,17 @@ const K: usize = 4096;
 const G: usize = 128;
 const MS: [usize; 2] = [1, 64];
 
+/// A random valid DGQ weight: S2 in 1..=40, S1 in [1e-4, 1e-3).
 fn random_dgq(n: usize, k: usize, g: usize, seed: u64) -> DualGrainedWeight {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let ng = k / g;
-    let zeros = Array2::from_shape_fn((n, ng), |_| rng.random_range(0i8..=15));
-    let s2 = Array2::from_shape_fn((n, ng), |_| rng.random_range(1i8..=40));
-    let q = Array2::from_shape_fn((n, k), |(r, c)| {
-        let (lo, hi) = q_bounds(zeros[[r, c / g]] as i32, s2[[r, c / g]] as i32);
-        rng.random_range(lo..=hi) as u8
-    });
-    let s1 = Array1::from_shape_fn(n, |_| f16::from_f32(rng.random_range(1e-4f32..1e-3)));
-    DualGrainedWeight::new(g, q, zeros, s2, s1).expect("valid random DGQ weight")
+    dgq_testkit::dgq_weight(
+        &mut rng,
+        n,
+        k,
+        g,
+        |r| r.int_in(1, 40) as i8,
+        |r| r.random_range(1e-4f32..1e-3),
+    )
 }
 
 struct Case {

@@ -17,7 +17,7 @@ use proptest::prelude::*;
 /// A random valid model: every scheme, random shapes (odd group counts included), random
 /// activation modes, optional bias/smoothing, float tensors with arbitrary finite bit patterns.
 fn random_model(seed: u64, n: usize, groups: usize, half_g: usize) -> PackedModel {
-    let mut r = Gen::new(seed);
+    let mut r = SplitMix64::new(seed);
     let g = 2 * half_g;
     let k = g * groups;
     let mut m = PackedModel::new(format!("src-{seed}"), "proptest");
@@ -27,14 +27,14 @@ fn random_model(seed: u64, n: usize, groups: usize, half_g: usize) -> PackedMode
             format!("ünïcode {seed} \"quoted\" \\ \u{1F600}"),
         );
     }
-    let act = |r: &mut Gen| match r.below(3) {
+    let act = |r: &mut SplitMix64| match r.below(3) {
         0 => ActQuant::None,
         1 => ActQuant::DynamicPerToken,
         _ => ActQuant::StaticPerTensor {
-            scale: f32::from_bits(r.next() as u32 & 0x7eff_ffff).max(f32::MIN_POSITIVE),
+            scale: f32::from_bits(r.next_u64() as u32 & 0x7eff_ffff).max(f32::MIN_POSITIVE),
         },
     };
-    let extras = |r: &mut Gen, mut l: PackedLayer, n: usize, k: usize| {
+    let extras = |r: &mut SplitMix64, mut l: PackedLayer, n: usize, k: usize| {
         l.act = act(r);
         if r.below(2) == 0 {
             l.bias = Some(Array1::from_shape_fn(n, |_| r.any_f32()));
@@ -47,7 +47,7 @@ fn random_model(seed: u64, n: usize, groups: usize, half_g: usize) -> PackedMode
         l
     };
     let any_scales =
-        |r: &mut Gen, w: &mut dgq_core::SymIntWeight| w.scales.mapv_inplace(|_| r.pos_f16());
+        |r: &mut SplitMix64, w: &mut dgq_core::SymIntWeight| w.scales.mapv_inplace(|_| r.pos_f16());
     let d = dgq_weight(&mut r, n, k, g);
     let l = extras(&mut r, PackedLayer::new(LayerWeight::Dgq(d)), n, k);
     m.layers.insert("model.layers.0.self_attn.q_proj".into(), l);

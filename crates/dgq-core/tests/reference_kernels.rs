@@ -3,13 +3,13 @@
 //! floating-point error bound stated in `dgq_core::reference`.
 
 use dgq_core::act::{quantize_per_token, quantize_static, ActQuant, QuantizedActs};
-use dgq_core::quant::dual_grained::q_bounds;
 use dgq_core::quant::Bits;
 use dgq_core::reference::{
     fake_quant_w4a8, fake_quant_w8a8, gemm_i8_i32, matmul_f32_nt, nmse, w4a16_gemm, w4a16_gemm_dgq,
     w4a8_gemm, w4a8_gemm_i32, w8a8_gemm, MAX_K_I32,
 };
 use dgq_core::{DualGrainedWeight, Error, SymIntWeight};
+use dgq_testkit::s2_tiered;
 use half::f16;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2};
 use proptest::prelude::*;
@@ -34,29 +34,14 @@ fn rand_i8(m: usize, k: usize, seed: u64, lo: i8, hi: i8) -> Array2<i8> {
 /// keeps a wide range; some large, so that the overflow clamp bites), then q inside `q_bounds`.
 fn random_dgq(n: usize, k: usize, g: usize, seed: u64) -> DualGrainedWeight {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let ng = k / g;
-    let zeros = Array2::from_shape_fn((n, ng), |_| rng.random_range(0i8..=15));
-    let s2 = Array2::from_shape_fn((n, ng), |_| match rng.random_range(0..10) {
-        0..=4 => rng.random_range(1i8..=16),
-        5..=7 => rng.random_range(17i8..=64),
-        _ => rng.random_range(65i8..=127),
-    });
-    let q = Array2::from_shape_fn((n, k), |(r, c)| {
-        let (lo, hi) = q_bounds(zeros[[r, c / g]] as i32, s2[[r, c / g]] as i32);
-        rng.random_range(lo..=hi) as u8
-    });
-    let s1 = Array1::from_shape_fn(n, |_| f16::from_f32(rng.random_range(1e-4f32..2e-3)));
-    DualGrainedWeight::new(g, q, zeros, s2, s1).unwrap()
+    dgq_testkit::dgq_weight(&mut rng, n, k, g, s2_tiered, |r| {
+        r.random_range(1e-4f32..2e-3)
+    })
 }
 
 fn random_sym(bits: Bits, n: usize, k: usize, g: usize, seed: u64) -> SymIntWeight {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let m = bits.sym_max() as i8;
-    let q = Array2::from_shape_fn((n, k), |_| rng.random_range(-m..=m));
-    let scales = Array2::from_shape_fn((n, k / g), |_| {
-        f16::from_f32(rng.random_range(1e-3f32..2e-2))
-    });
-    SymIntWeight::new(bits, g, q, scales).unwrap()
+    dgq_testkit::sym_weight(&mut rng, bits, n, k, g, |r| r.random_range(1e-3f32..2e-2))
 }
 
 fn naive_i64(x: ArrayView2<i8>, w: ArrayView2<i8>) -> Array2<i64> {

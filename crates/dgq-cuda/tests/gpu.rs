@@ -1,7 +1,8 @@
 //! GPU tests against the CPU reference of `dgq_core` (`reference::w4a8_gemm_i32` /
 //! `reference::w4a8_gemm`, `act::quantize_*`): INT32 accumulators, the f32 epilogue (compared
 //! after the same f16/bf16 rounding) and activation codes and scales all bit-exact, typed errors before launch. Each test
-//! skips with a printed reason when no usable GPU (or no kernels) is present.
+//! skips with a printed reason when no usable GPU (or no kernels) is present, and fails instead
+//! under `DGQ_REQUIRE_GPU=1` (`dgq_testkit::gpu`).
 //!
 //! `DGQ_GPU_TEST_QUICK=1` restricts the sweeps to small shapes (for compute-sanitizer runs).
 
@@ -10,22 +11,10 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::{CudaSlice, CudaStream};
 use dgq_cuda::*;
+use dgq_testkit::{gpu, random_acts, random_dgq, Device, Gpu, SplitMix64};
 use half::{bf16, f16};
-
-fn gpu() -> Option<(Arc<CudaContext>, Arc<CudaStream>)> {
-    match open_device(0) {
-        Ok(ctx) => {
-            let s = ctx.default_stream();
-            Some((ctx, s))
-        }
-        Err(e) => {
-            eprintln!("skipping GPU test: {e}");
-            None
-        }
-    }
-}
 
 fn quick() -> bool {
     std::env::var("DGQ_GPU_TEST_QUICK").is_ok_and(|v| v == "1")
@@ -33,14 +22,18 @@ fn quick() -> bool {
 
 #[test]
 fn self_test_runs() {
-    let Some((_ctx, s)) = gpu() else { return };
+    let Some(Gpu { stream: s, .. }) = gpu() else {
+        return;
+    };
     self_test(&s).unwrap();
 }
 
 #[test]
 fn prepare_round_trips_through_the_device() {
-    let Some((_ctx, s)) = gpu() else { return };
-    let w = random_weight(256, 512, 128, 3);
+    let Some(Gpu { stream: s, .. }) = gpu() else {
+        return;
+    };
+    let w = random_dgq(256, 512, 128, 3);
     let p = PreparedDgqWeight::prepare(&w, &s).unwrap();
     assert_eq!(unprepare_host(&p.download(&s).unwrap()).unwrap(), w);
 }
@@ -116,7 +109,9 @@ fn check_i32(s: &Arc<CudaStream>, c: &mut Case, m: usize, seed: u64) {
 
 #[test]
 fn gemm_i32_is_bit_exact_small_shapes() {
-    let Some((_ctx, s)) = gpu() else { return };
+    let Some(Gpu { stream: s, .. }) = gpu() else {
+        return;
+    };
     let ms: &[usize] = if quick() {
         &[1, 7, 16, 33, 64, 128]
     } else {
@@ -134,7 +129,7 @@ fn gemm_i32_is_bit_exact_small_shapes() {
     .iter()
     .enumerate()
     {
-        let mut c = case(&s, &random_weight(n, k, gs, 100 + i as u64));
+        let mut c = case(&s, &random_dgq(n, k, gs, 100 + i as u64));
         for &m in ms {
             check_i32(&s, &mut c, m, 1000 + m as u64);
         }
@@ -143,7 +138,9 @@ fn gemm_i32_is_bit_exact_small_shapes() {
 
 #[test]
 fn gemm_i32_is_bit_exact_llama_shapes() {
-    let Some((_ctx, s)) = gpu() else { return };
+    let Some(Gpu { stream: s, .. }) = gpu() else {
+        return;
+    };
     if quick() {
         eprintln!("DGQ_GPU_TEST_QUICK=1: skipping LLaMA-size shapes");
         return;
@@ -157,7 +154,7 @@ fn gemm_i32_is_bit_exact_llama_shapes() {
         (28672, 8192, &[1, 16, 33]),
     ];
     for (i, &(n, k, ms)) in shapes.iter().enumerate() {
-        let mut c = case(&s, &random_weight(n, k, 128, 200 + i as u64));
+        let mut c = case(&s, &random_dgq(n, k, 128, 200 + i as u64));
         for &m in ms {
             check_i32(&s, &mut c, m, 2000 + m as u64);
         }
@@ -205,12 +202,14 @@ fn ref_gemm_f32(
 
 #[test]
 fn gemm_float_epilogue_is_bit_exact() {
-    let Some((_ctx, s)) = gpu() else { return };
+    let Some(Gpu { stream: s, .. }) = gpu() else {
+        return;
+    };
     let (n, k) = (384, 1024);
-    let w = random_weight(n, k, 128, 7);
+    let w = random_dgq(n, k, 128, 7);
     let pw = PreparedDgqWeight::prepare(&w, &s).unwrap();
     let mut ws = GemmWorkspace::for_shapes(&s, &[(n, k)]).unwrap();
-    let mut rng = Rng(99);
+    let mut rng = SplitMix64::new(99);
     let bias: Vec<f32> = (0..n).map(|_| rng.uniform() - 0.5).collect();
     let bias_d = s.clone_htod(&bias).unwrap();
     for &m in &[1usize, 16, 33, 200] {
@@ -332,8 +331,10 @@ fn gemm_float_epilogue_is_bit_exact() {
 
 #[test]
 fn activation_quantization_is_bit_exact() {
-    let Some((_ctx, s)) = gpu() else { return };
-    let mut rng = Rng(11);
+    let Some(Gpu { stream: s, .. }) = gpu() else {
+        return;
+    };
+    let mut rng = SplitMix64::new(11);
     for &(m, k) in &[(1usize, 8usize), (3, 4096), (5, 11008), (2, 40000), (4, 64)] {
         // Rows of mixed magnitude, one all-zero row, values that land on .5 boundaries.
         let mut x: Vec<f32> = (0..m * k).map(|_| (rng.uniform() - 0.5) * 8.0).collect();
@@ -406,12 +407,14 @@ fn activation_quantization_is_bit_exact() {
 
 #[test]
 fn fused_quantize_then_gemm_matches_cpu() {
-    let Some((_ctx, s)) = gpu() else { return };
+    let Some(Gpu { stream: s, .. }) = gpu() else {
+        return;
+    };
     let (m, n, k) = (7, 256, 512);
-    let w = random_weight(n, k, 128, 8);
+    let w = random_dgq(n, k, 128, 8);
     let pw = PreparedDgqWeight::prepare(&w, &s).unwrap();
     let mut ws = GemmWorkspace::for_shapes(&s, &[(n, k)]).unwrap();
-    let mut rng = Rng(3);
+    let mut rng = SplitMix64::new(3);
     let x: Vec<f32> = (0..m * k)
         .map(|_| f16::from_f32(rng.uniform() * 2.0 - 1.0).to_f32())
         .collect();
@@ -447,9 +450,11 @@ fn fused_quantize_then_gemm_matches_cpu() {
 
 #[test]
 fn bad_input_is_a_typed_error_and_launches_nothing() {
-    let Some((_ctx, s)) = gpu() else { return };
+    let Some(Gpu { stream: s, .. }) = gpu() else {
+        return;
+    };
     let (m, n, k) = (4, 128, 256);
-    let w = random_weight(n, k, 128, 9);
+    let w = random_dgq(n, k, 128, 9);
     let pw = PreparedDgqWeight::prepare(&w, &s).unwrap();
     let mut ws = GemmWorkspace::for_shapes(&s, &[(n, k)]).unwrap();
     let x = s.clone_htod(&random_acts(m + 1, k, 1)).unwrap();
@@ -586,15 +591,52 @@ fn bad_input_is_a_typed_error_and_launches_nothing() {
     );
 
     // Weights the kernels cannot take.
-    let w64 = random_weight(64, 256, 128, 1);
+    let w64 = random_dgq(64, 256, 128, 1);
     assert!(matches!(
         PreparedDgqWeight::prepare(&w64, &s),
         Err(Error::Unsupported { .. })
     ));
-    let mut wg = random_weight(128, 256, 128, 1);
+    let mut wg = random_dgq(128, 256, 128, 1);
     wg.group_size = 96;
     assert!(matches!(
         PreparedDgqWeight::prepare(&wg, &s),
         Err(Error::Core(_))
     ));
 }
+
+/// The INT32 accumulators against a naive i64 loop over `S2·(q − z)`, on every backend: the CPU
+/// reference and the GPU kernels (default kernel choice) face the same independent oracle.
+fn gemm_i32_matches_a_naive_loop(dev: &Device) {
+    for (i, &(m, n, k, g)) in [(1, 128, 128, 64), (7, 256, 512, 128), (33, 128, 768, 192)]
+        .iter()
+        .enumerate()
+    {
+        let w = random_dgq(n, k, g, 300 + i as u64);
+        let x = random_acts(m, k, 310 + i as u64);
+        let got = dev.gemm_i32(&x, m, &w);
+        for r in 0..m {
+            for c in 0..n {
+                let want: i64 = (0..k)
+                    .map(|j| {
+                        let gi = j / g;
+                        let w_s8 =
+                            w.s2[[c, gi]] as i64 * (w.q[[c, j]] as i64 - w.zeros[[c, gi]] as i64);
+                        x[r * k + j] as i64 * w_s8
+                    })
+                    .sum();
+                assert_eq!(
+                    got[r * n + c] as i64,
+                    want,
+                    "{}: M={m} N={n} K={k} g={g} at ({r}, {c})",
+                    dev.name()
+                );
+            }
+        }
+    }
+}
+
+dgq_testkit::test_device!(
+    gemm_i32_matches_a_naive_loop,
+    gemm_i32_naive_loop_cpu,
+    gemm_i32_naive_loop_gpu
+);

@@ -1,10 +1,8 @@
 //! Host-only tests of the kernel layout (no GPU needed; run everywhere).
 
-mod common;
-
-use common::random_weight;
 use dgq_cuda::layout::{prepare_host, unprepare_host};
 use dgq_cuda::Error;
+use dgq_testkit::random_dgq;
 
 #[test]
 fn prepare_is_a_bijection() {
@@ -18,7 +16,7 @@ fn prepare_is_a_bijection() {
     .iter()
     .enumerate()
     {
-        let w = random_weight(n, k, gs, 17 + i as u64);
+        let w = random_dgq(n, k, gs, 17 + i as u64);
         let p = prepare_host(&w).unwrap();
         assert_eq!(p.wq.len(), n * k / 2);
         assert_eq!(
@@ -47,7 +45,7 @@ fn prepare_is_a_bijection() {
 #[test]
 fn fragment_order_matches_the_documented_map() {
     // Row 16r+g+8·(j/2), column 64c + 32(j%2) + 16(i%2) + 4t + i/2 sits in nibble i of word j.
-    let w = random_weight(128, 256, 128, 5);
+    let w = random_dgq(128, 256, 128, 5);
     let p = prepare_host(&w).unwrap();
     let kc = 256 / 64;
     for &(rt, c, lane, j, i) in &[
@@ -111,7 +109,7 @@ fn dequantized_fragments_are_the_mma_a_operand_in_natural_k_order() {
         .iter()
         .enumerate()
     {
-        let w = random_weight(n, k, gs, 40 + i as u64);
+        let w = random_dgq(n, k, gs, 40 + i as u64);
         let w8 = w.to_int8();
         let p = prepare_host(&w).unwrap();
         let (kc, ng) = (k / 64, k / gs);
@@ -146,27 +144,27 @@ fn dequantized_fragments_are_the_mma_a_operand_in_natural_k_order() {
 
 #[test]
 fn unsupported_shapes_are_typed_errors() {
-    let w = random_weight(64, 256, 128, 1);
+    let w = random_dgq(64, 256, 128, 1);
     assert!(
         matches!(prepare_host(&w), Err(Error::Unsupported { .. })),
         "N = 64"
     );
-    let w = random_weight(128, 192, 64, 1);
+    let w = random_dgq(128, 192, 64, 1);
     assert!(
         matches!(prepare_host(&w), Err(Error::Unsupported { .. })),
         "K = 192"
     );
-    let w = random_weight(128, 256, 32, 1);
+    let w = random_dgq(128, 256, 32, 1);
     assert!(
         matches!(prepare_host(&w), Err(Error::Unsupported { .. })),
         "g = 32"
     );
     // K not a multiple of the group size: dgq-core's own error.
-    let mut w = random_weight(128, 256, 128, 1);
+    let mut w = random_dgq(128, 256, 128, 1);
     w.group_size = 96;
     assert!(matches!(prepare_host(&w), Err(Error::Core(_))));
     // A corrupt prepared weight is rejected on the way back.
-    let mut p = prepare_host(&random_weight(128, 256, 128, 2)).unwrap();
+    let mut p = prepare_host(&random_dgq(128, 256, 128, 2)).unwrap();
     p.meta[0] &= !0xff; // S2 = 0
     assert!(matches!(unprepare_host(&p), Err(Error::Layout(_))));
 }

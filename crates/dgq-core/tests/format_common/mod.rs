@@ -7,95 +7,27 @@ use std::collections::{BTreeMap, HashMap};
 
 use dgq_core::act::ActQuant;
 use dgq_core::format::{LayerWeight, PackedLayer, PackedModel};
-use dgq_core::quant::dual_grained::q_bounds;
 use dgq_core::quant::Bits;
 use dgq_core::{DualGrainedWeight, SymIntWeight};
+use dgq_testkit::TestRng;
 use half::{bf16, f16};
-use ndarray::{Array1, Array2, ArrayD, IxDyn};
+use ndarray::{Array1, ArrayD, IxDyn};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-/// SplitMix64: a fixed, dependency-free generator so the golden file never depends on a crate's
-/// RNG algorithm.
-pub struct Gen(u64);
+/// The generator of every format test, golden file included: SplitMix64, a fixed algorithm, so
+/// the golden file never depends on a crate's RNG.
+pub use dgq_testkit::SplitMix64;
 
-impl Gen {
-    pub fn new(seed: u64) -> Self {
-        Gen(seed)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// A multiple of 1/64 in [-15.625, 15.625]: exact in f16, bf16 and f32.
-    pub fn small(&mut self) -> f32 {
-        (self.below(2001) as f32 - 1000.0) / 64.0
-    }
-    /// A positive scale, exact in f16.
-    pub fn scale(&mut self) -> f32 {
-        (1 + self.below(1000)) as f32 / 4096.0
-    }
-    /// Any finite f32 bit pattern (subnormals, -0.0, huge values included).
-    pub fn any_f32(&mut self) -> f32 {
-        loop {
-            let v = f32::from_bits(self.next() as u32);
-            if v.is_finite() {
-                return v;
-            }
-        }
-    }
-    pub fn any_f16(&mut self) -> f16 {
-        loop {
-            let v = f16::from_bits(self.next() as u16);
-            if v.is_finite() {
-                return v;
-            }
-        }
-    }
-    pub fn any_bf16(&mut self) -> bf16 {
-        loop {
-            let v = bf16::from_bits(self.next() as u16);
-            if v.is_finite() {
-                return v;
-            }
-        }
-    }
-    /// Any positive finite f16 (a valid scale).
-    pub fn pos_f16(&mut self) -> f16 {
-        loop {
-            let v = f16::from_bits(self.next() as u16 & 0x7fff);
-            if v.is_finite() && v.to_f32() > 0.0 {
-                return v;
-            }
-        }
-    }
+/// A valid DGQ weight with every code inside its overflow-safe bounds: S2 uniform in 1..=127,
+/// S1 exact in f16.
+pub fn dgq_weight(r: &mut SplitMix64, n: usize, k: usize, g: usize) -> DualGrainedWeight {
+    dgq_testkit::dgq_weight(r, n, k, g, |r| r.int_in(1, 127) as i8, SplitMix64::scale)
 }
 
-/// A valid DGQ weight with every code inside its overflow-safe bounds.
-pub fn dgq_weight(r: &mut Gen, n: usize, k: usize, g: usize) -> DualGrainedWeight {
-    let ng = k / g;
-    let zeros = Array2::from_shape_fn((n, ng), |_| r.below(16) as i8);
-    let s2 = Array2::from_shape_fn((n, ng), |_| 1 + r.below(127) as i8);
-    let q = Array2::from_shape_fn((n, k), |(i, c)| {
-        let (lo, hi) = q_bounds(zeros[[i, c / g]] as i32, s2[[i, c / g]] as i32);
-        (lo + r.below((hi - lo + 1) as u64) as i32) as u8
-    });
-    let s1 = Array1::from_shape_fn(n, |_| f16::from_f32(r.scale()));
-    DualGrainedWeight::new(g, q, zeros, s2, s1).expect("generator makes valid weights")
-}
-
-/// A valid symmetric weight.
-pub fn sym_weight(r: &mut Gen, bits: Bits, n: usize, k: usize, g: usize) -> SymIntWeight {
-    let m = bits.sym_max() as u64;
-    let q = Array2::from_shape_fn((n, k), |_| (r.below(2 * m + 1) as i64 - m as i64) as i8);
-    let scales = Array2::from_shape_fn((n, k / g), |_| f16::from_f32(r.scale()));
-    SymIntWeight::new(bits, g, q, scales).expect("generator makes valid weights")
+/// A valid symmetric weight with scales exact in f16.
+pub fn sym_weight(r: &mut SplitMix64, bits: Bits, n: usize, k: usize, g: usize) -> SymIntWeight {
+    dgq_testkit::sym_weight(r, bits, n, k, g, SplitMix64::scale)
 }
 
 pub const GOLDEN_DGQ: &str = "blk.0.attn.qkv";
@@ -110,7 +42,7 @@ pub const GOLDEN_ACT_SCALE: f32 = 0.0125;
 /// activations, bias), one int4 layer (smoothing divisor), one int8 layer with a static
 /// activation scale, and f32/f16/bf16 float tensors.
 pub fn golden_model() -> PackedModel {
-    let mut r = Gen::new(0x00d6_9001);
+    let mut r = SplitMix64::new(0x00d6_9001);
     let mut m = PackedModel::new("dgq/golden", "golden-v1 generator");
     m.metadata.insert("calibration".into(), "synthetic".into());
     let dgq = dgq_weight(&mut r, 4, 16, 8);

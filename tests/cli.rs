@@ -132,7 +132,11 @@ fn tiny_model(root: &Path) -> (PathBuf, PathBuf) {
         "tie_word_embeddings": true, "torch_dtype": "float32"
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let mut t = vec![("model.embed_tokens.weight".to_string(), vec![vocab, d], weights(1, vocab * d, 1.0))];
+    let mut t = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![vocab, d],
+        weights(1, vocab * d, 1.0),
+    )];
     let p = "model.layers.0.";
     for (i, (name, n, k)) in [
         ("self_attn.q_proj", d, d),
@@ -146,9 +150,17 @@ fn tiny_model(root: &Path) -> (PathBuf, PathBuf) {
     .into_iter()
     .enumerate()
     {
-        t.push((format!("{p}{name}.weight"), vec![n, k], weights(10 + i as u64, n * k, 0.2)));
+        t.push((
+            format!("{p}{name}.weight"),
+            vec![n, k],
+            weights(10 + i as u64, n * k, 0.2),
+        ));
     }
-    for name in [format!("{p}input_layernorm.weight"), format!("{p}post_attention_layernorm.weight"), "model.norm.weight".to_string()] {
+    for name in [
+        format!("{p}input_layernorm.weight"),
+        format!("{p}post_attention_layernorm.weight"),
+        "model.norm.weight".to_string(),
+    ] {
         t.push((name, vec![d], vec![1.0; d]));
     }
     write_safetensors(&dir.join("model.safetensors"), &t);
@@ -164,7 +176,9 @@ fn tiny_model(root: &Path) -> (PathBuf, PathBuf) {
         "model": {"type": "WordLevel", "vocab": vocab_map, "unk_token": "<unk>"}
     });
     std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
-    let text: Vec<&str> = (0..400).map(|i| WORDS[(i * 7 + i / 3) % WORDS.len()]).collect();
+    let text: Vec<&str> = (0..400)
+        .map(|i| WORDS[(i * 7 + i / 3) % WORDS.len()])
+        .collect();
     let text_path = root.join("text.txt");
     std::fs::write(&text_path, text.join(" ")).unwrap();
     (dir, text_path)
@@ -177,8 +191,20 @@ fn s(p: &Path) -> &str {
 /// `dgq quantize --method rtn` on the tiny model with a small calibration set, plus `extra`.
 fn quantize_tiny(model: &Path, text: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
-        "quantize", "--model", s(model), "--method", "rtn", "--calib", s(text), "--out", s(out),
-        "--windows", "2", "--ctx", "16", "--no-layer-errors",
+        "quantize",
+        "--model",
+        s(model),
+        "--method",
+        "rtn",
+        "--calib",
+        s(text),
+        "--out",
+        s(out),
+        "--windows",
+        "2",
+        "--ctx",
+        "16",
+        "--no-layer-errors",
     ];
     args.extend_from_slice(extra);
     dgq(&args)
@@ -198,7 +224,20 @@ fn the_tiny_model_quantizes_evaluates_and_inspects() {
     assert!(r.status.success());
     let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(j["metadata"]["dgq.group_sizes"], "g32×7");
-    let r = dgq(&["eval", "--model", s(&model), "--quantized", s(&out), "--data", s(&text), "--ctx", "16", "--windows", "2", "--json"]);
+    let r = dgq(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--quantized",
+        s(&out),
+        "--data",
+        s(&text),
+        "--ctx",
+        "16",
+        "--windows",
+        "2",
+        "--json",
+    ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(j["windows"], 2);
@@ -227,11 +266,20 @@ fn a_group_size_that_does_not_divide_k_is_announced_before_the_run() {
     let err = String::from_utf8_lossy(&r.stderr);
     let notes: Vec<&str> = err.lines().filter(|l| l.starts_with("note:")).collect();
     assert_eq!(notes.len(), 2, "{err}");
-    assert!(notes[0].contains("K = 64: 6 linears") && notes[0].contains("group size 64"), "{err}");
-    assert!(notes[1].contains("K = 192: 1 linears") && notes[1].contains("group size 96"), "{err}");
+    assert!(
+        notes[0].contains("K = 64: 6 linears") && notes[0].contains("group size 64"),
+        "{err}"
+    );
+    assert!(
+        notes[1].contains("K = 192: 1 linears") && notes[1].contains("group size 96"),
+        "{err}"
+    );
     // Printed before the run starts (the run's summary line comes after).
     let first_note = err.find("note:").unwrap();
-    assert!(first_note < err.find("quantized 7 linears").unwrap(), "{err}");
+    assert!(
+        first_note < err.find("quantized 7 linears").unwrap(),
+        "{err}"
+    );
     let j: serde_json::Value =
         serde_json::from_slice(&dgq(&["inspect", s(&out), "--json"]).stdout).unwrap();
     assert_eq!(j["metadata"]["dgq.group_sizes"], "g64×6 g96×1");
@@ -244,12 +292,20 @@ fn output_paths_are_checked_before_the_work_and_the_error_said_once() {
     let missing = dir.path().join("no-such-folder").join("q.dgq.safetensors");
     let t = std::time::Instant::now();
     let line = one_error_line(&quantize_tiny(&model, &text, &missing, &[]));
-    assert!(line.contains("no-such-folder") && line.contains("does not exist"), "{line}");
+    assert!(
+        line.contains("no-such-folder") && line.contains("does not exist"),
+        "{line}"
+    );
     // Nothing was loaded: the "loaded …" progress line would have broken `one_error_line`.
     assert!(t.elapsed().as_secs() < 30);
     let report = dir.path().join("nope").join("r.json");
     let out = dir.path().join("q.dgq.safetensors");
-    let line = one_error_line(&quantize_tiny(&model, &text, &out, &["--report", s(&report)]));
+    let line = one_error_line(&quantize_tiny(
+        &model,
+        &text,
+        &out,
+        &["--report", s(&report)],
+    ));
     assert!(line.contains("--report") && line.contains("nope"), "{line}");
     // An existing folder as the output.
     let line = one_error_line(&quantize_tiny(&model, &text, dir.path(), &[]));
@@ -271,8 +327,16 @@ fn an_output_never_replaces_an_input() {
         (model.join("config.json"), vec![], "--model"),
         // The same file by another spelling.
         (dir.path().join("tiny-llama/../text.txt"), vec![], "--calib"),
-        (out.clone(), vec!["--report".into(), s(&out).into()], "are the same file"),
-        (out.clone(), vec!["--report".into(), s(&text).into()], "--calib"),
+        (
+            out.clone(),
+            vec!["--report".into(), s(&out).into()],
+            "are the same file",
+        ),
+        (
+            out.clone(),
+            vec!["--report".into(), s(&text).into()],
+            "--calib",
+        ),
     ];
     #[cfg(unix)]
     {
@@ -327,8 +391,19 @@ fn zero_windows_or_a_too_short_context_are_errors_for_eval_too() {
         assert!(out.stdout.is_empty());
     }
     let out = dir.path().join("q.dgq.safetensors");
-    let line = one_error_line(&quantize_tiny(&model, &text, &out, &["--windows", "0"]));
+    let line = one_error_line(&dgq(&[
+        "quantize",
+        "--model",
+        s(&model),
+        "--calib",
+        s(&text),
+        "--out",
+        s(&out),
+        "--windows",
+        "0",
+    ]));
     assert!(line.contains("--windows 0"), "{line}");
+    assert!(!out.exists());
 }
 
 fn golden() -> PathBuf {
@@ -340,7 +415,8 @@ fn golden() -> PathBuf {
 fn a_closed_stdout_pipe_ends_quietly() {
     // `true` exits at once; dgq starts a moment later and writes into a pipe nobody reads.
     for flags in ["", "--json"] {
-        let script = format!(r#"( sleep 0.3; "$0" inspect {flags} "$1"; echo "status=$?" >&2 ) | true"#);
+        let script =
+            format!(r#"( sleep 0.3; "$0" inspect {flags} "$1"; echo "status=$?" >&2 ) | true"#);
         let out = Command::new("sh")
             .args(["-c", &script, env!("CARGO_BIN_EXE_dgq"), s(&golden())])
             .output()
@@ -353,7 +429,10 @@ fn a_closed_stdout_pipe_ends_quietly() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_full_stdout_is_one_clear_error() {
-    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_dgq"))
         .args(["inspect", s(&golden())])
         .stdout(full)
@@ -361,7 +440,10 @@ fn a_full_stdout_is_one_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let line = one_error_line(&out);
-    assert!(line.contains("standard output") && line.contains("No space left"), "{line}");
+    assert!(
+        line.contains("standard output") && line.contains("No space left"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -386,6 +468,9 @@ fn errors_are_said_once_without_a_backtrace() {
         .unwrap();
     let line = one_error_line(&out);
     assert!(line.contains("bad.gguf"), "{line}");
-    assert!(!line.contains("candle_core::") && !line.contains("backtrace"), "{line}");
+    assert!(
+        !line.contains("candle_core::") && !line.contains("backtrace"),
+        "{line}"
+    );
     assert!(line.len() < 300, "{line}");
 }

@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use dgq::core::format;
-use dgq::model::quantize::{
-    effective_group_size, mean_out_nmse_by_slot, Method, QuantizeConfig,
-};
+use dgq::model::quantize::{effective_group_size, mean_out_nmse_by_slot, Method, QuantizeConfig};
 use dgq::model::{
     apply_packed, perplexity, quantize_model, sample_windows, CalibConfig, Exec, Model, PplConfig,
     Tokenizer,
@@ -292,7 +290,13 @@ fn check_outputs(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Result<
             .prefix(".dgq-")
             .suffix(".tmp")
             .tempfile_in(dir)
-            .with_context(|| format!("{flag} {}: cannot create files in {}", out.display(), dir.display()))?;
+            .with_context(|| {
+                format!(
+                    "{flag} {}: cannot create files in {}",
+                    out.display(),
+                    dir.display()
+                )
+            })?;
         for &(what, input) in inputs {
             let files: Vec<PathBuf> = if input.is_dir() {
                 std::fs::read_dir(input)
@@ -384,7 +388,10 @@ fn quantize(a: QuantizeArgs, out: &mut dyn Write) -> Result<()> {
     }
     check_outputs(
         &outputs,
-        &[("--model", a.model.as_path()), ("--calib", a.calib.as_path())],
+        &[
+            ("--model", a.model.as_path()),
+            ("--calib", a.calib.as_path()),
+        ],
     )?;
     let t0 = Instant::now();
     let (mut model, tok) = load(&a.model)?;
@@ -573,7 +580,12 @@ fn eval(a: EvalArgs, out: &mut dyn Write) -> Result<()> {
         say!(
             out,
             "{method}: ppl {:.4} over {} tokens ({} windows of {}), {:.1}s, {:.0} tok/s",
-            r.ppl, r.tokens, r.windows, a.ctx, secs, tps
+            r.ppl,
+            r.tokens,
+            r.windows,
+            a.ctx,
+            secs,
+            tps
         );
     }
     Ok(())
@@ -621,7 +633,9 @@ fn inspect(a: InspectArgs, out: &mut dyn Write) -> Result<()> {
     say!(
         out,
         "format v{} | method: {} | source: {}",
-        info.format_version, info.method, info.source_model
+        info.format_version,
+        info.method,
+        info.source_model
     );
     for (k, v) in &info.metadata {
         say!(out, "  {k} = {v}");
@@ -629,7 +643,13 @@ fn inspect(a: InspectArgs, out: &mut dyn Write) -> Result<()> {
     say!(
         out,
         "{:<48} {:<9} {:>12} {:>5} {:<16} {:>10} {:>8}",
-        "layer", "scheme", "shape", "group", "act", "bytes", "B/weight"
+        "layer",
+        "scheme",
+        "shape",
+        "group",
+        "act",
+        "bytes",
+        "B/weight"
     );
     for l in &info.layers {
         let elems: u64 = l.shape.iter().map(|&d| d as u64).product();

@@ -96,6 +96,12 @@ typedef enum dgq_status {
      * A bug in the library (an internal panic was caught); please report it.
      */
     DGQ_STATUS_INTERNAL = 12,
+    /**
+     * A weight outside the range the format represents within its stated error (a row whose
+     * max |w| is above what its f16 scale reaches, or non-zero but too small for it); the
+     * message names the row and the range.
+     */
+    DGQ_STATUS_OUT_OF_RANGE = 13,
 } dgq_status;
 
 /**
@@ -595,7 +601,8 @@ enum dgq_status dgq_cuda_quantize_acts_static(int32_t device,
  * `x_scales` holds `num_scales` activation scales: `m` (per token) or 1 (per tensor).
  * `bias` is `[N]` (`bias_len == N`) or NULL with `bias_len = 0`. `y_len` is the capacity of `y`
  * (at least m·N). Per output: `acc` exact INT32, then `(float)acc * (s_x * s1[n]) (+ bias[n])`
- * with each f32 operation rounded separately.
+ * with each f32 operation rounded separately. A NaN or infinite bias is
+ * `DGQ_STATUS_NON_FINITE`.
  *
  * # Safety
  * Pointers must hold the sizes stated; `y` writable and not overlapping the inputs.
@@ -799,6 +806,10 @@ struct dgq_quant_config dgq_quant_config_default(void);
  * layer's inputs); with `DGQ_QUANT_RTN` pass `x = NULL, m = 0` (calibration is ignored).
  * `config = NULL` means `dgq_quant_config_default()`. On success `*out` receives a new weight
  * (free with `dgq_weight_free`); on failure it is set to NULL.
+ *
+ * Every row of `w` must be all zero or have its max |w| in [127·2⁻¹⁷, 127·65504] ≈
+ * [9.69e-4, 8.32e6], the range the f16 channel scale `s1` covers at full precision (see
+ * docs/FORMAT.md); otherwise `DGQ_STATUS_OUT_OF_RANGE` and the message names the row.
  *
  * # Safety
  * `w` must hold `n·k` floats, `x` (if non-NULL) `m·k` floats, `out` must be writable.

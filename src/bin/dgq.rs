@@ -5,7 +5,9 @@
 //! dgq eval --model M.gguf --quantized m.dgq.safetensors --data wiki.test.tokens --windows 40
 //! dgq inspect m.dgq.safetensors
 //! ```
-//! Errors print one line (`error: …`) and exit with status 1.
+//! Errors print one line (`error: …`) and exit with status 1. Arguments and output paths are
+//! checked before any work starts; no output may be one of the inputs. A closed stdout pipe
+//! (`dgq inspect f | head -1`) ends the program quietly with status 0.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use dgq::core::format;
-use dgq::model::quantize::{mean_out_nmse_by_slot, Method, QuantizeConfig};
+use dgq::model::quantize::{effective_group_size, mean_out_nmse_by_slot, Method, QuantizeConfig};
 use dgq::model::{
     apply_packed, perplexity, quantize_model, sample_windows, CalibConfig, Exec, Model, PplConfig,
     Tokenizer,
@@ -67,7 +69,8 @@ struct QuantizeArgs {
     /// Seed of the calibration window positions.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Group size of W4 weights; per layer the largest even divisor of K not above it is used.
+    /// Group size of W4 weights: a power of two from 16 to 1024. A layer whose K it does not
+    /// divide uses the largest even divisor of K below it (printed before the run).
     #[arg(long, default_value_t = 128)]
     group_size: usize,
     /// SmoothQuant α.
@@ -128,22 +131,72 @@ struct InspectArgs {
     json: bool,
 }
 
+/// A failed write to stdout, told apart in `main`: a closed pipe is not an error of the command.
+#[derive(Debug)]
+struct StdoutError(std::io::Error);
+
+impl std::fmt::Display for StdoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "writing to standard output: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutError {}
+
+/// `writeln!` to the command's output; a failure becomes a [`StdoutError`].
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {
+        writeln!($out, $($arg)*).map_err(StdoutError)?
+    };
+}
+
+/// `eprintln!` that never panics: progress notes are not worth dying for when stderr is gone.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
     let r = match cli.cmd {
-        Cmd::Quantize(a) => quantize(a),
-        Cmd::Eval(a) => eval(a),
-        Cmd::Inspect(a) => inspect(a),
-    };
+        Cmd::Quantize(a) => quantize(a, &mut out),
+        Cmd::Eval(a) => eval(a, &mut out),
+        Cmd::Inspect(a) => inspect(a, &mut out),
+    }
+    .and_then(|()| out.flush().map_err(|e| StdoutError(e).into()));
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the context chain joined by ": ".
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            if let Some(StdoutError(io)) = e.downcast_ref::<StdoutError>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            note!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, joined by ": ". A cause whose text its parent already
+/// ends with (`I/O error on p: No such file…` over the io error itself) is said once.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() || msg.ends_with(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -176,27 +229,175 @@ fn read_tokens(tok: &Tokenizer, path: &Path) -> Result<Vec<u32>> {
         .with_context(|| format!("tokenizing {}", path.display()))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+/// Group sizes `--group-size` accepts: powers of two, as every W4 scheme and kernel uses.
+const GROUP_SIZES: std::ops::RangeInclusive<usize> = 16..=1024;
+
+fn check_group_size(g: usize) -> Result<()> {
+    if !g.is_power_of_two() || !GROUP_SIZES.contains(&g) {
+        bail!(
+            "--group-size {g} is not supported: use a power of two from {} to {} (32, 64 and 128 \
+             are the usual sizes; the CUDA kernels need a multiple of 64)",
+            GROUP_SIZES.start(),
+            GROUP_SIZES.end()
+        );
+    }
     Ok(())
 }
 
-fn quantize(a: QuantizeArgs) -> Result<()> {
+/// Prints, before the run, which linears cannot use the requested group size and what they use
+/// instead (the largest even divisor of K below it), one line per K; an error if some K has none.
+fn note_group_fallbacks(model: &Model, requested: usize) -> Result<()> {
+    let mut by_k: BTreeMap<usize, usize> = BTreeMap::new();
+    for layer in &model.layers {
+        for &slot in layer.slots() {
+            *by_k.entry(layer.linear(slot)?.in_features()).or_default() += 1;
+        }
+    }
+    for (k, count) in by_k {
+        match effective_group_size(k, requested) {
+            Some(g) if g == requested => {}
+            Some(g) => note!(
+                "note: --group-size {requested} does not divide K = {k}: {count} linears with \
+                 that K use group size {g}, the largest even divisor of K below it"
+            ),
+            None => bail!("--group-size {requested}: K = {k} has no even divisor to group by"),
+        }
+    }
+    Ok(())
+}
+
+/// Refuses, before any work, outputs that cannot be written or that would replace an input (the
+/// same file by inode, so also through a symbolic or hard link) or each other. A model directory
+/// counts as all the files in it.
+fn check_outputs(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Result<()> {
+    for (i, &(flag, out)) in outputs.iter().enumerate() {
+        if out.is_dir() {
+            bail!("{flag} {} is a directory, not a file", out.display());
+        }
+        let dir = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            bail!(
+                "{flag} {}: the folder {} does not exist",
+                out.display(),
+                dir.display()
+            );
+        }
+        // The output is written through a temporary file next to it: try making one now.
+        tempfile::Builder::new()
+            .prefix(".dgq-")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .with_context(|| {
+                format!(
+                    "{flag} {}: cannot create files in {}",
+                    out.display(),
+                    dir.display()
+                )
+            })?;
+        for &(what, input) in inputs {
+            let files: Vec<PathBuf> = if input.is_dir() {
+                std::fs::read_dir(input)
+                    .with_context(|| format!("reading the folder {}", input.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_file())
+                    .collect()
+            } else {
+                vec![input.to_path_buf()]
+            };
+            if let Some(f) = files.iter().find(|f| same_file(out, f)) {
+                bail!(
+                    "{flag} {} is the same file as {what} {}: refusing to overwrite an input",
+                    out.display(),
+                    f.display()
+                );
+            }
+        }
+        for &(other_flag, other) in &outputs[..i] {
+            if same_file(out, other) {
+                bail!(
+                    "{flag} {} and {other_flag} {} are the same file",
+                    out.display(),
+                    other.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same file: the same inode when both exist, else the same
+/// canonical folder and file name.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        #[cfg(unix)]
+        (Ok(ma), Ok(mb)) => {
+            use std::os::unix::fs::MetadataExt;
+            ma.dev() == mb.dev() && ma.ino() == mb.ino()
+        }
+        _ => match (canonical(a), canonical(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        },
+    }
+}
+
+/// `p` with its folder canonicalized (the file itself may not exist yet).
+fn canonical(p: &Path) -> Option<PathBuf> {
+    if let Ok(c) = p.canonicalize() {
+        return Some(c);
+    }
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Some(dir.canonicalize().ok()?.join(p.file_name()?))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    dgq::core::fsio::write_atomic(path, |w| w.write_all(bytes))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn quantize(a: QuantizeArgs, out: &mut dyn Write) -> Result<()> {
     let method = Method::parse(&a.method)?;
+    let grouped = matches!(
+        method,
+        Method::Rtn | Method::SmoothQuant | Method::Dgq | Method::DgqStatic
+    );
+    if grouped {
+        check_group_size(a.group_size)?;
+    }
+    if a.windows == 0 {
+        bail!("--windows 0: need at least one calibration window");
+    }
+    if a.ctx == 0 {
+        bail!("--ctx 0: calibration windows need at least one token");
+    }
+    if !a.model.exists() {
+        bail!("model {} does not exist", a.model.display());
+    }
     if !a.calib.exists() {
         bail!("calibration text {} does not exist", a.calib.display());
     }
+    let mut outputs = vec![("--out", a.out.as_path())];
+    if let Some(r) = &a.report {
+        outputs.push(("--report", r.as_path()));
+    }
+    check_outputs(
+        &outputs,
+        &[
+            ("--model", a.model.as_path()),
+            ("--calib", a.calib.as_path()),
+        ],
+    )?;
     let t0 = Instant::now();
     let (mut model, tok) = load(&a.model)?;
+    if grouped {
+        note_group_fallbacks(&model, a.group_size)?;
+    }
     let tokens = read_tokens(&tok, &a.calib)?;
     let windows = sample_windows(
         &tokens,
@@ -207,7 +408,7 @@ fn quantize(a: QuantizeArgs) -> Result<()> {
         },
     )
     .context("drawing calibration windows")?;
-    eprintln!(
+    note!(
         "loaded {} ({} layers, d={}) and {} calibration tokens in {:.1}s; {} windows × {} (seed {})",
         a.model.display(),
         model.layers.len(),
@@ -261,8 +462,9 @@ fn quantize(a: QuantizeArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" "),
     );
-    format::write(&a.out, &packed).with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!(
+    // The error names the path.
+    format::write(&a.out, &packed)?;
+    note!(
         "quantized {} linears with {} in {:.1}s (forward {:.1}s, statistics {:.1}s, weight quantization {:.1}s); group sizes used: {}",
         report.linears.len(),
         method.name(),
@@ -273,21 +475,21 @@ fn quantize(a: QuantizeArgs) -> Result<()> {
         packed.metadata.get("dgq.group_sizes").map(String::as_str).unwrap_or("-")
     );
     for (slot, e, ea) in mean_out_nmse_by_slot(&report) {
-        eprintln!("  mean output NMSE {slot:<10} {e:.3e} (activation quantization alone {ea:.3e})");
+        note!("  mean output NMSE {slot:<10} {e:.3e} (activation quantization alone {ea:.3e})");
     }
     if let Some(worst) = report
         .linears
         .iter()
         .max_by(|x, y| x.out_nmse.total_cmp(&y.out_nmse))
     {
-        eprintln!("  worst layer: {} NMSE {:.3e}", worst.name, worst.out_nmse);
+        note!("  worst layer: {} NMSE {:.3e}", worst.name, worst.out_nmse);
     }
     if let Some(r) = &a.report {
         let mut json = serde_json::to_value(&report)?;
         json["wall_seconds"] = secs.into();
         write_atomic(r, serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
-    println!("{}", a.out.display());
+    say!(out, "{}", a.out.display());
     Ok(())
 }
 
@@ -297,7 +499,13 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn eval(a: EvalArgs) -> Result<()> {
+fn eval(a: EvalArgs, out: &mut dyn Write) -> Result<()> {
+    if a.windows == Some(0) {
+        bail!("--windows 0: need at least one evaluation window (leave it out for all)");
+    }
+    if a.ctx < 2 {
+        bail!("--ctx {}: a window needs at least 2 tokens", a.ctx);
+    }
     if !a.data.exists() {
         bail!("data file {} does not exist", a.data.display());
     }
@@ -331,7 +539,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             method.push_str(" (float activations)");
         }
         if !a.json {
-            eprintln!("applied {n} quantized linears ({})", packed.method);
+            note!("applied {n} quantized linears ({})", packed.method);
         }
     }
     let tokens = read_tokens(&tok, &a.data)?;
@@ -367,17 +575,23 @@ fn eval(a: EvalArgs) -> Result<()> {
             "quantized": a.quantized.as_ref().map(|p| p.display().to_string()),
             "data": file_name(&a.data),
         });
-        println!("{j}");
+        say!(out, "{j}");
     } else {
-        println!(
+        say!(
+            out,
             "{method}: ppl {:.4} over {} tokens ({} windows of {}), {:.1}s, {:.0} tok/s",
-            r.ppl, r.tokens, r.windows, a.ctx, secs, tps
+            r.ppl,
+            r.tokens,
+            r.windows,
+            a.ctx,
+            secs,
+            tps
         );
     }
     Ok(())
 }
 
-fn inspect(a: InspectArgs) -> Result<()> {
+fn inspect(a: InspectArgs, out: &mut dyn Write) -> Result<()> {
     if !a.file.exists() {
         bail!("packed file {} does not exist", a.file.display());
     }
@@ -413,19 +627,29 @@ fn inspect(a: InspectArgs) -> Result<()> {
             "bytes_per_quantized_weight": if qelems > 0 { qbytes as f64 / qelems as f64 } else { 0.0 },
             "layers": layers,
         });
-        println!("{j}");
+        say!(out, "{j}");
         return Ok(());
     }
-    println!(
+    say!(
+        out,
         "format v{} | method: {} | source: {}",
-        info.format_version, info.method, info.source_model
+        info.format_version,
+        info.method,
+        info.source_model
     );
     for (k, v) in &info.metadata {
-        println!("  {k} = {v}");
+        say!(out, "  {k} = {v}");
     }
-    println!(
+    say!(
+        out,
         "{:<48} {:<9} {:>12} {:>5} {:<16} {:>10} {:>8}",
-        "layer", "scheme", "shape", "group", "act", "bytes", "B/weight"
+        "layer",
+        "scheme",
+        "shape",
+        "group",
+        "act",
+        "bytes",
+        "B/weight"
     );
     for l in &info.layers {
         let elems: u64 = l.shape.iter().map(|&d| d as u64).product();
@@ -436,7 +660,8 @@ fn inspect(a: InspectArgs) -> Result<()> {
                 format!("int8 static {scale:.3e}")
             }
         };
-        println!(
+        say!(
+            out,
             "{:<48} {:<9} {:>12} {:>5} {:<16} {:>10} {:>8.4}",
             l.name,
             l.scheme.as_str(),
@@ -447,7 +672,8 @@ fn inspect(a: InspectArgs) -> Result<()> {
             l.bytes as f64 / elems.max(1) as f64
         );
     }
-    println!(
+    say!(
+        out,
         "{} layers, {} quantized weights in {} bytes ({:.4} B/weight incl. scales), file {} bytes",
         info.layers.len(),
         qelems,

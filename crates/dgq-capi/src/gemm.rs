@@ -37,7 +37,8 @@ unsafe fn int8_input<'a>(
 /// `x_scales` holds `num_scales` activation scales: `m` (per token) or 1 (per tensor).
 /// `bias` is `[N]` (`bias_len == N`) or NULL with `bias_len = 0`. `y_len` is the capacity of `y`
 /// (at least m·N). Per output: `acc` exact INT32, then `(float)acc * (s_x * s1[n]) (+ bias[n])`
-/// with each f32 operation rounded separately.
+/// with each f32 operation rounded separately. A NaN or infinite bias is
+/// `DGQ_STATUS_NON_FINITE`.
 ///
 /// # Safety
 /// Pointers must hold the sizes stated; `y` writable and not overlapping the inputs.

@@ -38,6 +38,10 @@ pub enum dgq_status {
     DGQ_STATUS_CUDA = 11,
     /// A bug in the library (an internal panic was caught); please report it.
     DGQ_STATUS_INTERNAL = 12,
+    /// A weight outside the range the format represents within its stated error (a row whose
+    /// max |w| is above what its f16 scale reaches, or non-zero but too small for it); the
+    /// message names the row and the range.
+    DGQ_STATUS_OUT_OF_RANGE = 13,
 }
 
 use dgq_status::*;
@@ -73,6 +77,7 @@ impl From<dgq_core::Error> for Failure {
             E::Shape { .. } => DGQ_STATUS_SHAPE_MISMATCH,
             E::GroupSize { .. } | E::Config { .. } => DGQ_STATUS_INVALID_CONFIG,
             E::NonFinite { .. } => DGQ_STATUS_NON_FINITE,
+            E::OutOfRange { .. } => DGQ_STATUS_OUT_OF_RANGE,
             E::Invariant { .. } => DGQ_STATUS_INVALID_DATA,
             E::Format { .. } => DGQ_STATUS_FORMAT,
             E::UnsupportedVersion { .. } => DGQ_STATUS_UNSUPPORTED_VERSION,
@@ -186,6 +191,7 @@ pub extern "C" fn dgq_status_name(status: i32) -> *const c_char {
         10 => c"DGQ_STATUS_UNSUPPORTED",
         11 => c"DGQ_STATUS_CUDA",
         12 => c"DGQ_STATUS_INTERNAL",
+        13 => c"DGQ_STATUS_OUT_OF_RANGE",
         _ => c"DGQ_STATUS_UNKNOWN",
     };
     s.as_ptr()
@@ -239,7 +245,7 @@ mod tests {
 
     #[test]
     fn status_names_cover_every_code() {
-        for code in 0..=12 {
+        for code in 0..=13 {
             // SAFETY: static NUL-terminated strings.
             let s = unsafe { CStr::from_ptr(dgq_status_name(code)) }
                 .to_str()
@@ -249,6 +255,7 @@ mod tests {
         let s = unsafe { CStr::from_ptr(dgq_status_name(99)) };
         assert_eq!(s.to_str().unwrap(), "DGQ_STATUS_UNKNOWN");
         assert_eq!(dgq_status::DGQ_STATUS_INTERNAL as i32, 12);
+        assert_eq!(dgq_status::DGQ_STATUS_OUT_OF_RANGE as i32, 13);
     }
 
     #[test]

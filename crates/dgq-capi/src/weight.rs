@@ -143,6 +143,10 @@ impl dgq_quant_config {
 /// `config = NULL` means `dgq_quant_config_default()`. On success `*out` receives a new weight
 /// (free with `dgq_weight_free`); on failure it is set to NULL.
 ///
+/// Every row of `w` must be all zero or have its max |w| in [127·2⁻¹⁷, 127·65504] ≈
+/// [9.69e-4, 8.32e6], the range the f16 channel scale `s1` covers at full precision (see
+/// docs/FORMAT.md); otherwise `DGQ_STATUS_OUT_OF_RANGE` and the message names the row.
+///
 /// # Safety
 /// `w` must hold `n·k` floats, `x` (if non-NULL) `m·k` floats, `out` must be writable.
 #[no_mangle]

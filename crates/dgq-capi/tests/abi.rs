@@ -510,3 +510,153 @@ fn bad_arguments_have_statuses_and_messages() {
         assert!(cw.is_null());
     }
 }
+
+/// `dgq_quantize_weight` on `w`, expecting a failure; returns the status and the message.
+fn quantize_fails(
+    w: &Array2<f32>,
+    x: Option<&Array2<f32>>,
+    cfg: &dgq_quant_config,
+) -> (dgq_status, String) {
+    let (n, k) = w.dim();
+    let mut out = std::ptr::dangling_mut::<dgq_weight>();
+    // SAFETY: arrays are standard layout with the sizes passed.
+    let (xp, m) = x.map_or((null(), 0), |x| (x.as_ptr(), x.nrows()));
+    let s = unsafe { dgq_quantize_weight(w.as_ptr(), n, k, xp, m, cfg, &mut out) };
+    assert!(out.is_null(), "out is reset on failure");
+    (s, last_error())
+}
+
+#[test]
+fn weights_outside_the_representable_range_are_typed_errors_naming_the_row() {
+    use dgq_core::quant::dual_grained::{ROW_AMAX_MAX, ROW_AMAX_MIN};
+    let x = data(6, 32, 2, 1.0);
+    for method in [
+        dgq_quant_method::DGQ_QUANT_RTN,
+        dgq_quant_method::DGQ_QUANT_SEARCH,
+    ] {
+        let c = cfg(16, method);
+        let xo = (method == dgq_quant_method::DGQ_QUANT_SEARCH).then_some(&x);
+        // Too large for the f16 s1 (1e10 used to come back as 8.3e6), up to ±3e38; non-zero
+        // but too small (used to come back all zero).
+        for (row, v) in [
+            (2usize, 1e10f32),
+            (1, 3e38),
+            (3, -3e38),
+            (2, 2e-6),
+            (0, ROW_AMAX_MIN * 0.99),
+        ] {
+            let mut w = data(4, 32, 1, 0.1);
+            w.row_mut(row)
+                .mapv_inplace(|a| a.signum() * v * (0.5 + a.abs() * 5.0).min(1.0));
+            w[[row, 5]] = v;
+            let (s, msg) = quantize_fails(&w, xo, &c);
+            assert_eq!(s, DGQ_STATUS_OUT_OF_RANGE, "{method:?} {v:e}: {msg}");
+            assert!(msg.contains(&format!("row {row} ")), "{msg}");
+            assert!(msg.contains("9.68") && msg.contains("8.319008e6"), "{msg}");
+        }
+        // The ends of the range and an all-zero row are fine: the zero row stays exactly zero,
+        // the extreme rows come back with the error of any other row.
+        let amax = |r: ndarray::ArrayView1<f32>| r.iter().fold(0f32, |m, &v| m.max(v.abs()));
+        let w0 = data(4, 32, 1, 0.1);
+        let mut w = w0.clone();
+        w.row_mut(0).fill(0.0);
+        for (r, to) in [(1, ROW_AMAX_MAX), (2, ROW_AMAX_MIN)] {
+            let a = amax(w.row(r));
+            w.row_mut(r).mapv_inplace(|v| v / a * to);
+            assert_eq!(amax(w.row(r)), to);
+        }
+        let rel = |w: &Array2<f32>, r: usize| {
+            let d = parts_of(&quantize(w, xo, &c)).dequantize();
+            let e: f64 = d
+                .row(r)
+                .iter()
+                .zip(w.row(r))
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum();
+            let n: f64 = w.row(r).iter().map(|&b| (b as f64).powi(2)).sum();
+            (d, (e / n).sqrt())
+        };
+        let (d, _) = rel(&w, 0);
+        assert!(d.row(0).iter().all(|&v| v == 0.0));
+        for r in 1..3 {
+            let (got, base) = (rel(&w, r).1, rel(&w0, r).1);
+            assert!(
+                got <= base * 1.25 + 1e-3,
+                "{method:?} row {r}: relative error {got} vs {base} unscaled"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_cpu_gemm_rejects_a_non_finite_bias() {
+    let wq = quantize(
+        &data(4, 16, 3, 0.1),
+        None,
+        &cfg(8, dgq_quant_method::DGQ_QUANT_RTN),
+    );
+    let xq = [1i8; 2 * 16];
+    let mut y = vec![0f32; 8];
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let bias = [0.5, bad, 0.0, 1.0];
+        fails(
+            unsafe {
+                dgq_w4a8_gemm_cpu(
+                    wq.0,
+                    xq.as_ptr(),
+                    2,
+                    16,
+                    [1.0f32; 2].as_ptr(),
+                    2,
+                    bias.as_ptr(),
+                    4,
+                    y.as_mut_ptr(),
+                    8,
+                )
+            },
+            DGQ_STATUS_NON_FINITE,
+            "bias",
+        );
+    }
+    let bias = [0.5, -2.0, 0.0, 1.0];
+    ok(unsafe {
+        dgq_w4a8_gemm_cpu(
+            wq.0,
+            xq.as_ptr(),
+            2,
+            16,
+            [1.0f32; 2].as_ptr(),
+            2,
+            bias.as_ptr(),
+            4,
+            y.as_mut_ptr(),
+            8,
+        )
+    });
+}
+
+#[cfg(unix)]
+#[test]
+fn saved_files_get_the_umask_default_and_replaced_files_keep_their_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let plain = dir.path().join("plain");
+    std::fs::File::create(&plain).unwrap();
+    let file = dir.path().join("m.dgq.safetensors");
+    let path = c(file.to_str().unwrap());
+    let wq = quantize(
+        &data(8, 32, 6, 0.1),
+        None,
+        &cfg(16, dgq_quant_method::DGQ_QUANT_RTN),
+    );
+    let mut m = null_mut();
+    ok(unsafe { dgq_model_create(c("src").as_ptr(), c("rtn").as_ptr(), &mut m) });
+    let m = Mdl(m);
+    ok(unsafe { dgq_model_add_layer(m.0, c("a.proj").as_ptr(), wq.0, null()) });
+    ok(unsafe { dgq_model_save(m.0, path.as_ptr()) });
+    assert_eq!(mode(&file), mode(&plain));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444)).unwrap();
+    ok(unsafe { dgq_model_save(m.0, path.as_ptr()) });
+    assert_eq!(mode(&file), 0o444);
+}

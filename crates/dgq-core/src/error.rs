@@ -34,6 +34,23 @@ pub enum Error {
     /// A NaN or infinity where finite data is required.
     #[error("{what} contains a non-finite value at index {index:?}")]
     NonFinite { what: String, index: Vec<usize> },
+    /// A weight the format cannot represent within its stated error: the largest magnitude of a
+    /// row (or of a group, for group-scaled formats) is above what its f16 scale reaches, or is
+    /// not zero but so small that the f16 scale loses its precision. An all-zero row or group is
+    /// always representable.
+    #[error(
+        "{what}: row {row}{} has max |w| = {amax:e}, outside the range the format represents \
+         ({min:e} to {max:e}, or exactly zero)",
+        .group.map(|g| format!(" group {g}")).unwrap_or_default()
+    )]
+    OutOfRange {
+        what: String,
+        row: usize,
+        group: Option<usize>,
+        amax: f32,
+        min: f32,
+        max: f32,
+    },
     /// A quantized tensor breaks one of its invariants (range, overflow bound, sign).
     #[error("invalid quantized tensor {tensor}: {problem}")]
     Invariant { tensor: String, problem: String },
@@ -123,6 +140,36 @@ pub fn check_group_size(k: usize, group_size: usize) -> Result<()> {
             group_size,
             reason: "must divide K",
         });
+    }
+    Ok(())
+}
+
+/// Checks that every group of `group_size` columns of every row of `w` is all zero or has its
+/// largest magnitude in `[min, max]` (`group_size == K`: whole rows, reported without a group).
+/// `w` must be finite (checked before) and `group_size` must divide K.
+pub(crate) fn check_range(
+    what: &str,
+    w: ndarray::ArrayView2<f32>,
+    group_size: usize,
+    min: f32,
+    max: f32,
+) -> Result<()> {
+    let k = w.ncols();
+    let g = group_size.clamp(1, k.max(1));
+    for (r, row) in w.outer_iter().enumerate() {
+        for (gi, chunk) in row.exact_chunks(g).into_iter().enumerate() {
+            let amax = chunk.iter().fold(0f32, |a, &x| a.max(x.abs()));
+            if amax != 0.0 && !(min..=max).contains(&amax) {
+                return Err(Error::OutOfRange {
+                    what: what.to_string(),
+                    row: r,
+                    group: (g < k).then_some(gi),
+                    amax,
+                    min,
+                    max,
+                });
+            }
+        }
     }
     Ok(())
 }

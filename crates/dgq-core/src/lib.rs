@@ -9,6 +9,7 @@
 //! - [`format`](mod@format): the packed-weight file format v1 (safetensors + metadata), see `docs/FORMAT.md`.
 //! - [`reference`](mod@reference): CPU reference GEMMs, the truth every other kernel is tested against.
 //! - [`pack`]: nibble packing shared by the format and kernel preparation.
+//! - [`fsio`]: atomic file writes that keep the permissions a plain write would give.
 //!
 //! Weights are row-major `[N, K]` (output channels × input channels), activations `[M, K]`,
 //! outputs `[M, N]`, as in `Y = X · Wᵀ`.
@@ -16,6 +17,7 @@
 pub mod act;
 pub mod error;
 pub mod format;
+pub mod fsio;
 pub mod pack;
 pub mod quant;
 pub mod reference;

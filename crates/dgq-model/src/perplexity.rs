@@ -87,6 +87,13 @@ fn windows(n: usize, cfg: &PplConfig) -> Result<Vec<(usize, usize)>> {
     if stride == 0 || stride > cfg.ctx {
         return Err(Error::argument("stride", stride, "must be in 1..=ctx"));
     }
+    if cfg.max_windows == Some(0) {
+        return Err(Error::argument(
+            "max_windows",
+            0,
+            "need at least one window (None for all)",
+        ));
+    }
     let mut out = Vec::new();
     let mut prev_end = 0usize;
     let mut begin = 0usize;
@@ -187,6 +194,22 @@ mod tests {
             max_windows: None,
         };
         assert_eq!(windows(10, &cfg).unwrap(), vec![(0, 1), (4, 1)]);
+    }
+
+    #[test]
+    fn zero_max_windows_is_an_error_not_one_window() {
+        let cfg = PplConfig {
+            ctx: 4,
+            stride: None,
+            max_windows: Some(0),
+        };
+        assert!(matches!(
+            windows(10, &cfg),
+            Err(Error::Argument {
+                name: "max_windows",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -514,9 +514,24 @@ impl GgufFile {
     }
 }
 
+/// candle's message without the backtrace it appends when `RUST_BACKTRACE` is set (a user-facing
+/// error is one line; the frames are candle's, not the caller's).
+fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", candle_message(inner))
+        }
+        candle_core::Error::WithPath { inner, path } => {
+            format!("{}: {}", path.display(), candle_message(inner))
+        }
+        e => e.to_string(),
+    }
+}
+
 /// candle reports an unknown ggml type id only as text; recover the typed error from it.
 fn map_candle_read_error(path: &Path, e: candle_core::Error) -> Error {
-    let msg = e.to_string();
+    let msg = candle_message(&e);
     if let Some(rest) = msg.split("unknown dtype for tensor ").nth(1) {
         let id: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
         return Error::UnsupportedGgufType {
@@ -562,7 +577,9 @@ impl TensorSource for GgufFile {
             });
         }
         let path = self.path.clone();
-        let wrap = |e: candle_core::Error| Error::gguf(&path, format!("tensor {name}: {e}"));
+        let wrap = |e: candle_core::Error| {
+            Error::gguf(&path, format!("tensor {name}: {}", candle_message(&e)))
+        };
         let qt = self
             .content
             .tensor(&mut self.reader, name, &Device::Cpu)

@@ -239,32 +239,12 @@ pub fn to_bytes(m: &PackedModel) -> Result<Vec<u8>> {
 /// Writes a model to `path` atomically: the model is validated and encoded first, then written
 /// to a temporary file in the same directory, fsynced and renamed over `path` (and the directory
 /// fsynced on Unix). On any failure `path` is left as it was and the temporary file is removed.
+/// A new file gets the umask's default mode, a replaced one keeps its mode
+/// ([`crate::fsio::write_atomic`]).
 pub fn write(path: &Path, m: &PackedModel) -> Result<()> {
     let e = encode(m)?;
-    let io = |source| Error::Io {
+    crate::fsio::write_atomic(path, |mut w| e.write_to(&mut w)).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".dgq-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        e.write_to(&mut w).map_err(io)?;
-        w.flush().map_err(io)?;
-    }
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|pe| io(pe.error))?;
-    // The rename is durable only once the directory entry is on disk.
-    #[cfg(unix)]
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
-    Ok(())
+    })
 }

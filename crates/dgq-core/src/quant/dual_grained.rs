@@ -14,10 +14,21 @@ use half::f16;
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use super::rtn::{asym_code, asym_params, min_max};
-use crate::error::{check_finite, check_group_size, Error, Result};
+use crate::error::{check_finite, check_group_size, check_range, Error, Result};
 
 /// Largest magnitude of an INT8 weight code; −128 is never produced so negation is safe.
 pub const W_S8_MAX: i32 = 127;
+
+/// Largest row max|w| DGQ represents: `s1` is an f16 (at most 65504) and `|S2·(q − z)| ≤ 127`,
+/// so nothing above `127 · 65504 ≈ 8.32e6` dequantizes to its value.
+pub const ROW_AMAX_MAX: f32 = W_S8_MAX as f32 * 65504.0;
+
+/// Smallest non-zero row max|w| DGQ represents to its precision: `s1 = max|w|/127` must be at
+/// least 2⁻¹⁷ (≈ 9.69e-4 for max|w|). Down to there a subnormal f16 `s1` keeps 8 significant
+/// bits, so its rounding moves the row's scale by at most 2⁻⁸ (the u4 codes alone err by up to
+/// 1/30 of a group's range); below, precision falls off until rows of max|w| ≲ 4e-6 come out
+/// all zero. All-zero rows are exact and always accepted.
+pub const ROW_AMAX_MIN: f32 = W_S8_MAX as f32 / 131072.0;
 
 /// A DGQ-quantized `[N, K]` weight matrix, in the canonical (unpacked, row-major) layout.
 ///
@@ -277,7 +288,9 @@ pub fn channel_scale(s: f32) -> f16 {
     }
 }
 
-/// Validates a float weight for DGQ: non-empty, finite, group size even and dividing K.
+/// Validates a float weight for DGQ: non-empty, finite, group size even and dividing K, and
+/// every row zero or with max|w| in [[`ROW_AMAX_MIN`], [`ROW_AMAX_MAX`]] ([`Error::OutOfRange`]
+/// naming the row otherwise).
 pub fn check_dgq_shape(w: ArrayView2<f32>, group_size: usize) -> Result<()> {
     let (n, k) = w.dim();
     if n == 0 || k == 0 {
@@ -295,7 +308,8 @@ pub fn check_dgq_shape(w: ArrayView2<f32>, group_size: usize) -> Result<()> {
             reason: "must be even so that groups align with packed nibble pairs",
         });
     }
-    check_finite("weight", w)
+    check_finite("weight", w)?;
+    check_range("weight", w, k, ROW_AMAX_MIN, ROW_AMAX_MAX)
 }
 
 #[cfg(test)]

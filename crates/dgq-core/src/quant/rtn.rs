@@ -13,7 +13,7 @@
 use ndarray::{Array2, ArrayView2};
 
 use super::{Bits, Granularity};
-use crate::error::{check_finite, check_group_size, Error, Result};
+use crate::error::{check_finite, check_group_size, check_range, Error, Result};
 
 /// What to quantize and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,11 +99,16 @@ pub fn min_max(v: impl IntoIterator<Item = f32>) -> (f32, f32) {
     it.fold((first, first), |(lo, hi), x| (lo.min(x), hi.max(x)))
 }
 
+/// Largest max|w| the f32 RTN quantizer takes: the asymmetric range `hi − lo` must stay finite.
+pub const AMAX_MAX: f32 = f32::MAX / 2.0;
+
 /// Quantizes `w` `[N, K]` with RTN.
 ///
-/// Errors: non-finite weights, a group size that is zero or does not divide K.
+/// Errors: non-finite weights, |w| above [`AMAX_MAX`] ([`Error::OutOfRange`] naming the row), a
+/// group size that is zero or does not divide K.
 pub fn quantize(w: ArrayView2<f32>, cfg: &RtnConfig) -> Result<RtnQuantized> {
     check_finite("weight", w)?;
+    check_range("weight", w, w.ncols(), 0.0, AMAX_MAX)?;
     let (n, k) = w.dim();
     if n == 0 || k == 0 {
         return Err(Error::shape(

@@ -6,7 +6,7 @@ use ndarray::{Array2, ArrayView2, Axis};
 
 use super::rtn::{sym_code, sym_scale};
 use super::Bits;
-use crate::error::{check_finite, check_group_size, Error, Result};
+use crate::error::{check_finite, check_group_size, check_range, Error, Result};
 
 /// A symmetric integer weight `[N, K]` (canonical, unpacked layout).
 ///
@@ -40,6 +40,11 @@ impl SymIntWeight {
     /// Symmetric RTN with FP16 group scales: `scale = f16(amax / qmax)` (at least the smallest
     /// normal f16, so it stays positive), codes rounded with that f16 scale so that
     /// `dequantize()` is exactly what the codes mean. `group_size == K` is per-channel.
+    ///
+    /// Every group must be all zero or have `amax / qmax` in f16's normal range
+    /// `[2⁻¹⁴, 65504]` (int8: max|w| from 7.75e-3 to 8.32e6; int4: 4.27e-4 to 4.59e5): above, the
+    /// scale saturates; below, it is raised to 2⁻¹⁴ and the codes lose bits. Otherwise
+    /// [`Error::OutOfRange`] names the row and group.
     pub fn quantize_rtn(w: ArrayView2<f32>, bits: Bits, group_size: usize) -> Result<Self> {
         let (n, k) = w.dim();
         if n == 0 || k == 0 {
@@ -52,6 +57,14 @@ impl SymIntWeight {
         check_group_size(k, group_size)?;
         check_finite("weight", w)?;
         let qmax = bits.sym_max();
+        let q_max = qmax as f32;
+        check_range(
+            "weight",
+            w,
+            group_size,
+            q_max * f16::MIN_POSITIVE.to_f32(),
+            q_max * f16::MAX.to_f32(),
+        )?;
         let ng = k / group_size;
         let mut q = Array2::<i8>::zeros((n, k));
         let mut scales = Array2::from_elem((n, ng), f16::ONE);

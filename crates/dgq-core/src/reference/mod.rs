@@ -45,7 +45,7 @@ use ndarray::{ArrayView1, ArrayView2, CowArray, Ix2};
 
 use crate::error::{Error, Result};
 
-/// Bias, when given, must be `[N]`.
+/// Bias, when given, must be `[N]` and finite.
 fn check_bias(n: usize, bias: Option<ArrayView1<f32>>) -> Result<()> {
     match bias {
         Some(b) if b.len() != n => Err(Error::shape(
@@ -53,7 +53,9 @@ fn check_bias(n: usize, bias: Option<ArrayView1<f32>>) -> Result<()> {
             format!("[{n}] (N)"),
             format!("[{}]", b.len()),
         )),
-        _ => Ok(()),
+        // A NaN or infinite bias would poison its output column without any error.
+        Some(b) => crate::error::check_finite("bias", b),
+        None => Ok(()),
     }
 }
 

@@ -243,3 +243,39 @@ fn group_size_falls_back_to_a_divisor() {
     assert_eq!(effective_group_size(1536, 128), Some(128));
     assert_eq!(effective_group_size(7, 128), None);
 }
+
+#[test]
+fn calibration_checks_the_residual_adds() {
+    // Public fields let a caller install a last linear whose output is one column wide: a
+    // residual add would broadcast it over the stream. The forward refuses it, and so must the
+    // calibration, which drives the same stages.
+    let dir = tiny_dir(4);
+    let t = spec();
+    let windows = vec![text_tokens(24, 3)];
+    let narrow = |k: usize| {
+        let w = Array2::from_shape_fn((1, k), |(_, j)| 0.01 * (j as f32 + 1.0));
+        dgq_model::Linear::float(w, None).unwrap()
+    };
+    for method in [Method::Rtn, Method::W8a8] {
+        let mut m = load(dir.path());
+        m.layers[0].o_proj = narrow(t.heads * t.hd);
+        assert!(matches!(
+            m.forward(&windows[0]),
+            Err(dgq_model::Error::Shape { .. })
+        ));
+        let r = quantize_model(&mut m, &windows, &cfg(method), &mut |_| {});
+        assert!(
+            matches!(r, Err(dgq_model::Error::Shape { ref what, .. }) if what.contains("O")),
+            "{method:?}: {r:?}"
+        );
+        let mut m = load(dir.path());
+        if let dgq_model::Mlp::SwiGlu { down, .. } = &mut m.layers[1].mlp {
+            *down = narrow(t.ff);
+        }
+        let r = quantize_model(&mut m, &windows, &cfg(method), &mut |_| {});
+        assert!(
+            matches!(r, Err(dgq_model::Error::Shape { ref what, .. }) if what.contains("Down")),
+            "{method:?}: {r:?}"
+        );
+    }
+}

@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::layer::{DecoderLayer, NormSlot};
 use crate::linear::LinearSlot;
 use crate::model::Model;
-use crate::packed::{export_layer, linear_name};
+use crate::packed::{export_layer, linear_name, model_fingerprint, FINGERPRINT_KEY};
 use crate::qlinear::{Exec, QWeight, QuantLinear};
 use crate::search::{dgq_search, Hessian};
 use crate::stages::{run_layer, Block, LayerBackend};
@@ -262,6 +262,8 @@ pub fn quantize_model(
             "need at least one non-empty window",
         ));
     }
+    // Before anything changes the model: the weights the file is made from.
+    let fingerprint = model_fingerprint(model)?;
     let mut packed = PackedModel::new(
         model.load_info.path.display().to_string(),
         method_label(cfg),
@@ -304,6 +306,7 @@ pub fn quantize_model(
     });
     let meta = &mut packed.metadata;
     meta.insert("dgq.method".into(), cfg.method.name().into());
+    meta.insert(FINGERPRINT_KEY.into(), fingerprint);
     meta.insert(
         "dgq.group_size_requested".into(),
         cfg.group_size.to_string(),

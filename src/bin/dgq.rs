@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use dgq::core::format;
+use dgq::model::packed::FINGERPRINT_KEY;
 use dgq::model::quantize::{effective_group_size, mean_out_nmse_by_slot, Method, QuantizeConfig};
 use dgq::model::{
     apply_packed, perplexity, quantize_model, sample_windows, CalibConfig, Exec, Model, PplConfig,
@@ -530,6 +531,15 @@ fn eval(a: EvalArgs, out: &mut dyn Write) -> Result<()> {
         };
         let n = apply_packed(&mut model, &packed, exec)
             .with_context(|| format!("applying {}", q.display()))?;
+        if !packed.metadata.contains_key(FINGERPRINT_KEY) {
+            eprintln!(
+                "warning: {} records no source-model fingerprint (written by an older dgq or \
+                 another tool): only its layer shapes could be checked against this model \
+                 (its source: {:?})",
+                q.display(),
+                packed.source_model
+            );
+        }
         method = packed
             .metadata
             .get("dgq.method")

@@ -92,6 +92,21 @@ pub enum Error {
         value: String,
         reason: &'static str,
     },
+    /// A packed file does not fit the model it is applied to: a layer the model lacks, one
+    /// of another shape, or a linear of the model the file lacks.
+    #[error("the packed file does not fit this model: {layer}: {reason}")]
+    PackedMismatch { layer: String, reason: String },
+    /// A packed file was made from another model than the one it is applied to: the model
+    /// fingerprint it records differs from the loaded model's.
+    #[error(
+        "the packed file was made from another model (source {source_model:?}, fingerprint \
+         {expected}); the loaded model's fingerprint is {found}"
+    )]
+    OtherModel {
+        source_model: String,
+        expected: String,
+        found: String,
+    },
     /// A NaN or infinity appeared where finite data is required.
     #[error("{what} contains a non-finite value")]
     NonFinite { what: String },

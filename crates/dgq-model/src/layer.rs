@@ -10,6 +10,7 @@ use crate::linear::{Linear, LinearSlot};
 use crate::norm::Norm;
 use crate::ops::{self, Par};
 use crate::rope::Rope;
+use crate::stages::{run_layer, Block, LayerBackend, Wiring};
 
 /// Shape of the attention of one layer.
 #[derive(Debug, Clone, PartialEq)]
@@ -174,26 +175,80 @@ impl DecoderLayer {
         }
     }
 
+    /// The wiring of this layer: its family and where its norms sit.
+    pub fn wiring(&self) -> Wiring {
+        Wiring {
+            family: self.family,
+            norm_before: self.norm_before,
+        }
+    }
+
     /// The norm whose output is exactly `slot`'s input, if any: Attn for Q/K/V, Mlp for
     /// Gate/Up/Fc1 — only in pre-LN layers (in post-LN ones the norm sits after the residual).
     pub fn input_norm(&self, slot: LinearSlot) -> Option<NormSlot> {
-        if !self.norm_before {
-            return None;
+        self.wiring().norm_feeding(slot)
+    }
+
+    /// Checks a residual-stream input `h[T, d]`: its width and that it is finite.
+    pub fn check_input(&self, hidden: ArrayView2<f32>) -> Result<()> {
+        let d = self.hidden_size();
+        if hidden.ncols() != d {
+            return Err(Error::shape(
+                format!("layer {} input columns", self.index),
+                d,
+                hidden.ncols(),
+            ));
         }
-        match slot {
-            LinearSlot::Q | LinearSlot::K | LinearSlot::V => Some(NormSlot::Attn),
-            LinearSlot::Gate | LinearSlot::Up | LinearSlot::Fc1 => Some(NormSlot::Mlp),
-            _ => None,
+        if hidden.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: format!("input of layer {}", self.index),
+            });
+        }
+        Ok(())
+    }
+
+    /// A block's input from the residual stream `h`: `norm(h)` for `Some(norm)` (pre-LN), a copy
+    /// of `h` for `None` (see [`Wiring::input_norm`]).
+    pub fn block_input(&self, norm: Option<NormSlot>, h: ArrayView2<f32>) -> Result<Array2<f32>> {
+        match norm {
+            Some(n) => self.norm(n).forward(h),
+            None => Ok(h.to_owned()),
         }
     }
 
     /// The attention sub-block up to O's input: Q/K/V projections of the (already normed) `x[T, d]`,
     /// rotary at positions `start_pos..`, causal attention; returns the context `[T, H·hd]`.
-    /// With [`mlp_hidden`](Self::mlp_hidden) and the O/Down linears this lets a calibration driver
-    /// run a layer piece by piece ("true sequential": later linears see earlier quantized ones).
+    /// With [`mlp_hidden`](Self::mlp_hidden) and [`add_residual`](Self::add_residual) this lets a
+    /// calibration driver run a layer piece by piece ("true sequential": later linears see
+    /// earlier quantized ones).
     pub fn attention_context(&self, x: ArrayView2<f32>, start_pos: usize) -> Result<Array2<f32>> {
+        self.attention_with(x, start_pos, None)
+    }
+
+    /// [`attention_context`](Self::attention_context) that attends to (and extends) `cache` when
+    /// given; `start_pos` must then equal the cache length.
+    fn attention_with(
+        &self,
+        x: ArrayView2<f32>,
+        start_pos: usize,
+        cache: Option<&mut LayerKvCache>,
+    ) -> Result<Array2<f32>> {
         let (q, k, v) = self.qkv(x, start_pos)?;
-        attention(&self.attn, q.view(), k.view(), v.view(), 0)
+        let spec = &self.attn;
+        match cache {
+            Some(c) => {
+                c.k.extend(k.iter());
+                c.v.extend(v.iter());
+                c.len += k.nrows();
+                let kv = spec.num_kv_heads * spec.head_dim;
+                let ks = ArrayView2::from_shape((c.len, kv), &c.k)
+                    .map_err(|e| Error::shape("KV cache", kv, e))?;
+                let vs = ArrayView2::from_shape((c.len, kv), &c.v)
+                    .map_err(|e| Error::shape("KV cache", kv, e))?;
+                attention(spec, q.view(), ks, vs, start_pos)
+            }
+            None => attention(spec, q.view(), k.view(), v.view(), 0),
+        }
     }
 
     /// The MLP sub-block up to the last linear's input: `silu(gate(x)) ⊙ up(x)` (LLaMA) or
@@ -219,6 +274,26 @@ impl DecoderLayer {
                 Ok(f)
             }
         }
+    }
+
+    /// The residual add of a block: `h += slot(x)` for its last linear (O, Down or Fc2). An
+    /// output of another shape than `h` is an error (never broadcast).
+    pub fn add_residual(
+        &self,
+        slot: LinearSlot,
+        x: ArrayView2<f32>,
+        h: &mut Array2<f32>,
+    ) -> Result<()> {
+        let y = self.linear(slot)?.forward(x)?;
+        if y.dim() != h.dim() {
+            return Err(Error::shape(
+                format!("layer {} {slot:?} output (residual add)", self.index),
+                format!("{:?}", h.dim()),
+                format!("{:?}", y.dim()),
+            ));
+        }
+        *h += &y;
+        Ok(())
     }
 
     /// Q, K, V of `x` with rotary applied at positions `start_pos..`, widths checked.
@@ -279,27 +354,15 @@ impl DecoderLayer {
     }
 
     /// The general form: optional KV cache (then `start_pos` must equal `cache.len()`) and
-    /// optional capture hook.
+    /// optional capture hook. Runs [`run_layer`] on the CPU backend.
     pub fn forward_with(
         &self,
         hidden: ArrayView2<f32>,
         start_pos: usize,
         cache: Option<&mut LayerKvCache>,
-        mut hook: Option<&mut CaptureHook<'_>>,
+        hook: Option<&mut CaptureHook<'_>>,
     ) -> Result<Array2<f32>> {
-        let d = self.hidden_size();
-        if hidden.ncols() != d {
-            return Err(Error::shape(
-                format!("layer {} input columns", self.index),
-                d,
-                hidden.ncols(),
-            ));
-        }
-        if hidden.iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                what: format!("input of layer {}", self.index),
-            });
-        }
+        self.check_input(hidden)?;
         if let Some(c) = &cache {
             if c.len != start_pos {
                 return Err(Error::argument(
@@ -309,97 +372,71 @@ impl DecoderLayer {
                 ));
             }
         }
-        let mut capture = |slot: LinearSlot, x: ArrayView2<f32>| {
-            if let Some(h) = hook.as_mut() {
-                h(slot, x);
-            }
+        let mut cpu = CpuLayer {
+            layer: self,
+            start_pos,
+            cache,
+            hook,
         };
-
-        // Attention block.
-        let x = if self.norm_before {
-            self.attn_norm.forward(hidden)?
-        } else {
-            hidden.to_owned()
-        };
-        capture(LinearSlot::Q, x.view());
-        capture(LinearSlot::K, x.view());
-        capture(LinearSlot::V, x.view());
-        let (q, k, v) = self.qkv(x.view(), start_pos)?;
-        drop(x);
-        let spec = &self.attn;
-        let ctx = match cache {
-            Some(c) => {
-                c.k.extend(k.iter());
-                c.v.extend(v.iter());
-                c.len += k.nrows();
-                let kv = spec.num_kv_heads * spec.head_dim;
-                let ks = ArrayView2::from_shape((c.len, kv), &c.k)
-                    .map_err(|e| Error::shape("KV cache", kv, e))?;
-                let vs = ArrayView2::from_shape((c.len, kv), &c.v)
-                    .map_err(|e| Error::shape("KV cache", kv, e))?;
-                attention(spec, q.view(), ks, vs, start_pos)?
-            }
-            None => attention(spec, q.view(), k.view(), v.view(), 0)?,
-        };
-        drop(q);
-        capture(LinearSlot::O, ctx.view());
-        let a = self.o_proj.forward(ctx.view())?;
-        check_residual(self.index, "attention output", &a, hidden)?;
-        let mut h = &hidden + &a;
-        if !self.norm_before {
-            h = self.attn_norm.forward(h.view())?;
-        }
-
-        // MLP block.
-        let x = if self.norm_before {
-            self.mlp_norm.forward(h.view())?
-        } else {
-            h.clone()
-        };
-        let m = match &self.mlp {
-            Mlp::SwiGlu { gate, up, down } => {
-                capture(LinearSlot::Gate, x.view());
-                capture(LinearSlot::Up, x.view());
-                let mut g = gate.forward(x.view())?;
-                let u = up.forward(x.view())?;
-                if g.dim() != u.dim() {
-                    return Err(Error::shape(
-                        "gate/up outputs",
-                        format!("{:?}", g.dim()),
-                        format!("{:?}", u.dim()),
-                    ));
-                }
-                g.zip_mut_with(&u, |g, &u| *g = ops::silu(*g) * u);
-                capture(LinearSlot::Down, g.view());
-                down.forward(g.view())?
-            }
-            Mlp::Relu { fc1, fc2 } => {
-                capture(LinearSlot::Fc1, x.view());
-                let mut f = fc1.forward(x.view())?;
-                f.mapv_inplace(|v| v.max(0.0));
-                capture(LinearSlot::Fc2, f.view());
-                fc2.forward(f.view())?
-            }
-        };
-        check_residual(self.index, "MLP output", &m, h.view())?;
-        h += &m;
-        if !self.norm_before {
-            h = self.mlp_norm.forward(h.view())?;
-        }
+        let mut h = hidden.to_owned();
+        run_layer(self.wiring(), &mut cpu, &mut h)?;
         Ok(h)
     }
 }
 
-/// A sublayer output must match the residual stream it is added to (no broadcasting).
-fn check_residual(layer: usize, what: &str, y: &Array2<f32>, h: ArrayView2<f32>) -> Result<()> {
-    if y.dim() != h.dim() {
-        return Err(Error::shape(
-            format!("layer {layer} {what}"),
-            format!("{:?}", h.dim()),
-            format!("{:?}", y.dim()),
-        ));
+/// The f32 CPU backend of one sequence: optional KV cache, optional capture of linear inputs.
+struct CpuLayer<'a, 'c, 'h, 'f> {
+    layer: &'a DecoderLayer,
+    start_pos: usize,
+    cache: Option<&'c mut LayerKvCache>,
+    hook: Option<&'h mut CaptureHook<'f>>,
+}
+
+impl CpuLayer<'_, '_, '_, '_> {
+    fn capture(&mut self, slots: &[LinearSlot], x: ArrayView2<f32>) {
+        if let Some(h) = self.hook.as_mut() {
+            for &s in slots {
+                h(s, x);
+            }
+        }
     }
-    Ok(())
+}
+
+impl LayerBackend for CpuLayer<'_, '_, '_, '_> {
+    type Hidden = Array2<f32>;
+    type Act = Array2<f32>;
+
+    fn block_input(
+        &mut self,
+        _block: Block,
+        norm: Option<NormSlot>,
+        h: &Array2<f32>,
+    ) -> Result<Array2<f32>> {
+        self.layer.block_input(norm, h.view())
+    }
+
+    fn attention(&mut self, x: Array2<f32>) -> Result<Array2<f32>> {
+        let wiring = self.layer.wiring();
+        self.capture(wiring.first_linears(Block::Attn), x.view());
+        self.layer
+            .attention_with(x.view(), self.start_pos, self.cache.as_deref_mut())
+    }
+
+    fn mlp(&mut self, x: Array2<f32>) -> Result<Array2<f32>> {
+        let wiring = self.layer.wiring();
+        self.capture(wiring.first_linears(Block::Mlp), x.view());
+        self.layer.mlp_hidden(x.view())
+    }
+
+    fn add_linear(&mut self, slot: LinearSlot, x: Array2<f32>, h: &mut Array2<f32>) -> Result<()> {
+        self.capture(&[slot], x.view());
+        self.layer.add_residual(slot, x.view(), h)
+    }
+
+    fn norm_hidden(&mut self, norm: NormSlot, h: &mut Array2<f32>) -> Result<()> {
+        *h = self.layer.norm(norm).forward(h.view())?;
+        Ok(())
+    }
 }
 
 /// Causal multi-head attention with GQA. `q[T, H·hd]` for positions `past..past+T`,

@@ -46,11 +46,13 @@ pub mod linear;
 pub mod model;
 pub mod norm;
 mod ops;
+pub mod packed;
 pub mod perplexity;
 pub mod qlinear;
 pub mod quantize;
 pub mod rope;
 mod search;
+pub mod stages;
 pub mod tokenizer;
 mod weights;
 
@@ -61,11 +63,11 @@ pub use layer::{AttentionSpec, CaptureHook, DecoderLayer, LayerKvCache, Mlp, Nor
 pub use linear::{FloatLinear, InputSite, Linear, LinearOp, LinearSlot};
 pub use model::{KvCache, LoadInfo, Model, SourceFormat, OPT_POSITION_OFFSET};
 pub use norm::{Norm, NormKind};
+pub use packed::apply_packed;
 pub use perplexity::{perplexity, CausalLm, PplConfig, PplProgress, PplResult};
 pub use qlinear::{Exec, QWeight, QuantLinear};
-pub use quantize::{
-    apply_packed, quantize_model, Method, QuantizeConfig, QuantizeProgress, QuantizeReport,
-};
+pub use quantize::{quantize_model, Method, QuantizeConfig, QuantizeProgress, QuantizeReport};
 pub use rope::{Rope, RopeScaling};
+pub use stages::{run_layer, Block, LayerBackend, Wiring};
 pub use tokenizer::Tokenizer;
 pub use weights::GgufFile;

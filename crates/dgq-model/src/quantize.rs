@@ -17,14 +17,16 @@
 //! Memory: one layer's activations for all windows (the residual stream, one sub-block input and
 //! the MLP hidden state), plus one `K × K` Hessian at a time.
 //!
-//! The result is a [`PackedModel`] with every quantized linear and every norm changed by
-//! smoothing; [`apply_packed`] rebuilds the quantized model from it and the original weights.
+//! The stages themselves (norm placement, residual adds) are [`run_layer`]'s; this module is its
+//! calibration backend. The result is a [`PackedModel`] with every quantized linear and every
+//! norm changed by smoothing; [`apply_packed`](crate::apply_packed) rebuilds the quantized model
+//! from it and the original weights.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use dgq_core::act::{ActQuant, StaticScaleObserver};
-use dgq_core::format::{LayerWeight, PackedModel};
+use dgq_core::format::PackedModel;
 use dgq_core::quant::dual_grained::DualGrainedWeight;
 use dgq_core::quant::fine_grained::{self, FineQuantConfig};
 use dgq_core::quant::sym::SymIntWeight;
@@ -38,8 +40,10 @@ use crate::error::{Error, Result};
 use crate::layer::{DecoderLayer, NormSlot};
 use crate::linear::LinearSlot;
 use crate::model::Model;
+use crate::packed::{export_layer, linear_name, model_fingerprint, FINGERPRINT_KEY};
 use crate::qlinear::{Exec, QWeight, QuantLinear};
 use crate::search::{dgq_search, Hessian};
+use crate::stages::{run_layer, Block, LayerBackend};
 
 /// A quantization recipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -223,38 +227,6 @@ pub struct QuantizeProgress {
     pub stage: &'static str,
 }
 
-/// Packed-file name of a linear (Hugging Face module names).
-pub fn linear_name(family: Family, layer: usize, slot: LinearSlot) -> String {
-    let base = layer_prefix(family, layer);
-    let part = match slot {
-        LinearSlot::Q | LinearSlot::K | LinearSlot::V | LinearSlot::O => "self_attn",
-        _ => "mlp",
-    };
-    match family {
-        Family::Opt if part == "mlp" => format!("{base}.{}", slot.hf_name(family)),
-        _ => format!("{base}.{part}.{}", slot.hf_name(family)),
-    }
-}
-
-/// Packed-file name of a norm's weight (`.weight`) — its LayerNorm shift is `…​.bias`.
-pub fn norm_name(family: Family, layer: usize, slot: NormSlot) -> String {
-    let base = layer_prefix(family, layer);
-    let n = match (family, slot) {
-        (Family::Opt, NormSlot::Attn) => "self_attn_layer_norm",
-        (Family::Opt, NormSlot::Mlp) => "final_layer_norm",
-        (_, NormSlot::Attn) => "input_layernorm",
-        (_, NormSlot::Mlp) => "post_attention_layernorm",
-    };
-    format!("{base}.{n}")
-}
-
-fn layer_prefix(family: Family, layer: usize) -> String {
-    match family {
-        Family::Opt => format!("model.decoder.layers.{layer}"),
-        _ => format!("model.layers.{layer}"),
-    }
-}
-
 /// Timers of the pipeline stages.
 #[derive(Default)]
 struct Clock {
@@ -290,7 +262,8 @@ pub fn quantize_model(
             "need at least one non-empty window",
         ));
     }
-    let family = model.config.family;
+    // Before anything changes the model: the weights the file is made from.
+    let fingerprint = model_fingerprint(model)?;
     let mut packed = PackedModel::new(
         model.load_info.path.display().to_string(),
         method_label(cfg),
@@ -320,7 +293,7 @@ pub fn quantize_model(
                 })
             };
             quantize_layer(layer, &mut hs, cfg, &mut clock, &mut report, &mut p)?;
-            export_layer(family, layer, cfg, &mut packed)?;
+            export_layer(layer, cfg.method.smoothing(cfg).is_some(), &mut packed)?;
         }
         report.seconds_forward = clock.forward;
         report.seconds_stats = clock.stats;
@@ -333,6 +306,7 @@ pub fn quantize_model(
     });
     let meta = &mut packed.metadata;
     meta.insert("dgq.method".into(), cfg.method.name().into());
+    meta.insert(FINGERPRINT_KEY.into(), fingerprint);
     meta.insert(
         "dgq.group_size_requested".into(),
         cfg.group_size.to_string(),
@@ -428,159 +402,197 @@ fn smoothing_factors(
     Ok(Some(sm.factors(z.view(), &ws)?))
 }
 
-fn norm_inputs(
-    layer: &DecoderLayer,
-    slot: NormSlot,
-    hs: &[Array2<f32>],
-) -> Result<Vec<Array2<f32>>> {
-    hs.iter()
-        .map(|h| {
-            if layer.norm_before {
-                layer.norm(slot).forward(h.view())
-            } else {
-                Ok(h.clone())
-            }
-        })
-        .collect()
+/// The calibration backend of [`run_layer`]: runs every calibration window through one layer at
+/// once and, before each linear runs, measures its input over all windows, folds the smoothing
+/// into its producer and quantizes it.
+struct Calibrate<'a, 'p> {
+    layer: &'a mut DecoderLayer,
+    cfg: &'a QuantizeConfig,
+    clock: &'a mut Clock,
+    report: &'a mut QuantizeReport,
+    progress: &'a mut (dyn FnMut(&'static str) + 'p),
+    /// Whether input statistics include the Hessian.
+    want_hessian: bool,
+    /// Largest smoothing factor folded into the current block's input (1 = none).
+    smooth_in: f32,
+    /// Largest smoothing factor folded into Down's (Fc2's) input.
+    smooth_down: f32,
 }
 
+impl Calibrate<'_, '_> {
+    fn quantize(
+        &mut self,
+        slot: LinearSlot,
+        st: &SiteStats,
+        x0: ArrayView2<f32>,
+        smooth: f32,
+    ) -> Result<()> {
+        let r = quantize_slot(self.layer, slot, st, x0, self.cfg, self.clock, smooth)?;
+        self.report.linears.push(r);
+        Ok(())
+    }
+}
+
+impl LayerBackend for Calibrate<'_, '_> {
+    type Hidden = Vec<Array2<f32>>;
+    type Act = Vec<Array2<f32>>;
+
+    /// The block input; with a norm and a smoothing method, the smoothing factors of that input
+    /// are folded into the norm and the first linears, and the input is computed again.
+    fn block_input(
+        &mut self,
+        block: Block,
+        norm: Option<NormSlot>,
+        hs: &Vec<Array2<f32>>,
+    ) -> Result<Vec<Array2<f32>>> {
+        (self.progress)(match block {
+            Block::Attn => "attn: stats",
+            Block::Mlp => "mlp: stats",
+        });
+        let layer = &mut *self.layer;
+        let inputs = |layer: &DecoderLayer| -> Result<Vec<Array2<f32>>> {
+            hs.iter()
+                .map(|h| layer.block_input(norm, h.view()))
+                .collect()
+        };
+        let mut xs = timed(&mut self.clock.forward, || inputs(layer))?;
+        self.smooth_in = 1.0;
+        if let Some(norm) = norm {
+            let consumers = layer.wiring().first_linears(block);
+            if let Some(k) = timed(&mut self.clock.stats, || {
+                smoothing_factors(layer, consumers, &xs, self.cfg)
+            })? {
+                layer.norm_mut(norm).scale_output_channels_inv(&k)?;
+                for &s in consumers {
+                    float_weight_mut(layer, s)?.scale_input_channels(&k)?;
+                }
+                self.smooth_in = k.fold(1.0, |a, &b| a.max(b));
+                xs = timed(&mut self.clock.forward, || inputs(layer))?;
+            }
+        }
+        Ok(xs)
+    }
+
+    /// Quantizes Q/K/V on their input, then runs the attention with them.
+    fn attention(&mut self, xs: Vec<Array2<f32>>) -> Result<Vec<Array2<f32>>> {
+        let d = self.layer.hidden_size();
+        let st = site_stats(&xs, d, self.want_hessian, self.clock)?;
+        (self.progress)("attn: quantize q/k/v");
+        for &s in self.layer.wiring().first_linears(Block::Attn) {
+            self.quantize(s, &st, xs[0].view(), self.smooth_in)?;
+        }
+        (self.progress)("attn: o_proj");
+        let layer = &*self.layer;
+        timed(&mut self.clock.forward, || {
+            xs.iter()
+                .map(|x| layer.attention_context(x.view(), 0))
+                .collect()
+        })
+    }
+
+    /// Folds the Up→Down smoothing (DGQ; statistics from the float Gate/Up), quantizes Gate/Up
+    /// (Fc1) on their input, then computes Down's (Fc2's) input with them.
+    fn mlp(&mut self, xs: Vec<Array2<f32>>) -> Result<Vec<Array2<f32>>> {
+        let wiring = self.layer.wiring();
+        let last = wiring.last_linear(Block::Mlp);
+        self.smooth_down = 1.0;
+        if self.cfg.method.smooths_down() {
+            (self.progress)("mlp: down smoothing");
+            let layer = &*self.layer;
+            let acts: Vec<Array2<f32>> = timed(&mut self.clock.forward, || {
+                xs.iter().map(|x| layer.mlp_hidden(x.view())).collect()
+            })?;
+            if let Some(k) = timed(&mut self.clock.stats, || {
+                smoothing_factors(layer, &[last], &acts, self.cfg)
+            })? {
+                // Up (or Fc1) rows produce Down's input: dividing them divides it (SwiGLU is
+                // linear in up; ReLU commutes with positive factors).
+                let producer = match wiring.family {
+                    Family::Opt => LinearSlot::Fc1,
+                    _ => LinearSlot::Up,
+                };
+                float_weight_mut(self.layer, producer)?.scale_output_channels_inv(&k)?;
+                float_weight_mut(self.layer, last)?.scale_input_channels(&k)?;
+                self.smooth_down = k.fold(1.0, |a, &b| a.max(b));
+            }
+        }
+        let d = self.layer.hidden_size();
+        let st = site_stats(&xs, d, self.want_hessian, self.clock)?;
+        (self.progress)("mlp: quantize gate/up");
+        for &s in wiring.first_linears(Block::Mlp) {
+            self.quantize(s, &st, xs[0].view(), self.smooth_in)?;
+        }
+        drop(st);
+        (self.progress)("mlp: down_proj");
+        let layer = &*self.layer;
+        timed(&mut self.clock.forward, || {
+            xs.iter().map(|x| layer.mlp_hidden(x.view())).collect()
+        })
+    }
+
+    /// Quantizes the block's last linear on its input, then adds its output to every window's
+    /// residual stream.
+    fn add_linear(
+        &mut self,
+        slot: LinearSlot,
+        xs: Vec<Array2<f32>>,
+        hs: &mut Vec<Array2<f32>>,
+    ) -> Result<()> {
+        let k = xs[0].ncols();
+        let st = site_stats(&xs, k, self.want_hessian, self.clock)?;
+        // No smoothing at O's input: V's output channels are shared by GQA heads.
+        let smooth = if slot == LinearSlot::O {
+            1.0
+        } else {
+            self.smooth_down
+        };
+        self.quantize(slot, &st, xs[0].view(), smooth)?;
+        drop(st);
+        let layer = &*self.layer;
+        timed(&mut self.clock.forward, || {
+            for (h, x) in hs.iter_mut().zip(&xs) {
+                layer.add_residual(slot, x.view(), h)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn norm_hidden(&mut self, norm: NormSlot, hs: &mut Vec<Array2<f32>>) -> Result<()> {
+        let n = self.layer.norm(norm);
+        timed(&mut self.clock.forward, || {
+            for h in hs.iter_mut() {
+                *h = n.forward(h.view())?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Calibrates and quantizes one layer on the residual streams `hs` of all windows, which it
+/// advances to the next layer's input (computed with the quantized layer).
 fn quantize_layer(
     layer: &mut DecoderLayer,
-    hs: &mut [Array2<f32>],
+    hs: &mut Vec<Array2<f32>>,
     cfg: &QuantizeConfig,
     clock: &mut Clock,
     report: &mut QuantizeReport,
     progress: &mut dyn FnMut(&'static str),
 ) -> Result<()> {
-    let family = layer.family;
-    let d = layer.hidden_size();
-    let want_h = cfg.layer_errors || matches!(cfg.method, Method::Dgq | Method::DgqStatic);
-    let qkv = [LinearSlot::Q, LinearSlot::K, LinearSlot::V];
-
-    // (a) attention inputs: smoothing into the norm and Q/K/V, then quantize Q/K/V.
-    progress("attn: stats");
-    let mut xs = timed(&mut clock.forward, || {
-        norm_inputs(layer, NormSlot::Attn, hs)
-    })?;
-    let mut smooth_attn = 1.0f32;
-    if layer.input_norm(LinearSlot::Q).is_some() {
-        if let Some(k) = timed(&mut clock.stats, || {
-            smoothing_factors(layer, &qkv, &xs, cfg)
-        })? {
-            layer
-                .norm_mut(NormSlot::Attn)
-                .scale_output_channels_inv(&k)?;
-            for s in qkv {
-                float_weight_mut(layer, s)?.scale_input_channels(&k)?;
-            }
-            smooth_attn = k.fold(1.0, |a, &b| a.max(b));
-            xs = timed(&mut clock.forward, || {
-                norm_inputs(layer, NormSlot::Attn, hs)
-            })?;
-        }
+    for h in hs.iter() {
+        layer.check_input(h.view())?;
     }
-    let st = site_stats(&xs, d, want_h, clock)?;
-    progress("attn: quantize q/k/v");
-    for s in qkv {
-        let r = quantize_slot(layer, s, &st, xs[0].view(), cfg, clock, smooth_attn)?;
-        report.linears.push(r);
-    }
-    // (b) O on the context of the quantized Q/K/V.
-    progress("attn: o_proj");
-    let ctx: Vec<Array2<f32>> = timed(&mut clock.forward, || {
-        xs.iter()
-            .map(|x| layer.attention_context(x.view(), 0))
-            .collect()
-    })?;
-    drop(xs);
-    let kc = ctx[0].ncols();
-    let st = site_stats(&ctx, kc, want_h, clock)?;
-    let r = quantize_slot(layer, LinearSlot::O, &st, ctx[0].view(), cfg, clock, 1.0)?;
-    report.linears.push(r);
-    timed(&mut clock.forward, || {
-        for (h, c) in hs.iter_mut().zip(&ctx) {
-            let a = layer.o_proj.forward(c.view())?;
-            *h += &a;
-            if !layer.norm_before {
-                *h = layer.attn_norm.forward(h.view())?;
-            }
-        }
-        Ok(())
-    })?;
-    drop(ctx);
-
-    // (c) MLP.
-    progress("mlp: stats");
-    let (first, last): (&[LinearSlot], LinearSlot) = match family {
-        Family::Opt => (&[LinearSlot::Fc1], LinearSlot::Fc2),
-        _ => (&[LinearSlot::Gate, LinearSlot::Up], LinearSlot::Down),
+    let wiring = layer.wiring();
+    let mut cal = Calibrate {
+        layer,
+        cfg,
+        clock,
+        report,
+        progress,
+        want_hessian: cfg.layer_errors || matches!(cfg.method, Method::Dgq | Method::DgqStatic),
+        smooth_in: 1.0,
+        smooth_down: 1.0,
     };
-    let mut xs = timed(&mut clock.forward, || norm_inputs(layer, NormSlot::Mlp, hs))?;
-    let mut smooth_mlp = 1.0f32;
-    if layer.input_norm(first[0]).is_some() {
-        if let Some(k) = timed(&mut clock.stats, || {
-            smoothing_factors(layer, first, &xs, cfg)
-        })? {
-            layer
-                .norm_mut(NormSlot::Mlp)
-                .scale_output_channels_inv(&k)?;
-            for s in first {
-                float_weight_mut(layer, *s)?.scale_input_channels(&k)?;
-            }
-            smooth_mlp = k.fold(1.0, |a, &b| a.max(b));
-            xs = timed(&mut clock.forward, || norm_inputs(layer, NormSlot::Mlp, hs))?;
-        }
-    }
-    // Down's smoothing needs its input statistics from the float Gate/Up (before they change).
-    let mut smooth_down = 1.0f32;
-    if cfg.method.smooths_down() {
-        progress("mlp: down smoothing");
-        let acts: Vec<Array2<f32>> = timed(&mut clock.forward, || {
-            xs.iter().map(|x| layer.mlp_hidden(x.view())).collect()
-        })?;
-        if let Some(k) = timed(&mut clock.stats, || {
-            smoothing_factors(layer, &[last], &acts, cfg)
-        })? {
-            // Up (or Fc1) rows produce Down's input: dividing them divides it (SwiGLU is linear
-            // in up; ReLU commutes with positive factors).
-            let producer = match family {
-                Family::Opt => LinearSlot::Fc1,
-                _ => LinearSlot::Up,
-            };
-            float_weight_mut(layer, producer)?.scale_output_channels_inv(&k)?;
-            float_weight_mut(layer, last)?.scale_input_channels(&k)?;
-            smooth_down = k.fold(1.0, |a, &b| a.max(b));
-        }
-    }
-    let st = site_stats(&xs, d, want_h, clock)?;
-    progress("mlp: quantize gate/up");
-    for s in first {
-        let r = quantize_slot(layer, *s, &st, xs[0].view(), cfg, clock, smooth_mlp)?;
-        report.linears.push(r);
-    }
-    drop(st);
-    progress("mlp: down_proj");
-    let acts: Vec<Array2<f32>> = timed(&mut clock.forward, || {
-        xs.iter().map(|x| layer.mlp_hidden(x.view())).collect()
-    })?;
-    drop(xs);
-    let ka = acts[0].ncols();
-    let st = site_stats(&acts, ka, want_h, clock)?;
-    let r = quantize_slot(layer, last, &st, acts[0].view(), cfg, clock, smooth_down)?;
-    report.linears.push(r);
-    drop(st);
-    timed(&mut clock.forward, || {
-        let down = layer.linear(last)?;
-        for (h, a) in hs.iter_mut().zip(&acts) {
-            let m = down.forward(a.view())?;
-            *h += &m;
-            if !layer.norm_before {
-                *h = layer.mlp_norm.forward(h.view())?;
-            }
-        }
-        Ok(())
-    })?;
-    Ok(())
+    run_layer(wiring, &mut cal, hs)
 }
 
 /// Output MSE `Σ_rows e H eᵀ / (T·N)` of replacing `w` by `wq` for inputs with Hessian `h`.
@@ -696,110 +708,6 @@ fn quantize_slot(
         search_mse_final: search.map(|s| s.mse_final),
         max_smooth,
     })
-}
-
-/// Adds layer `layer`'s quantized linears and (if the method smooths) its norms to `packed`.
-fn export_layer(
-    family: Family,
-    layer: &DecoderLayer,
-    cfg: &QuantizeConfig,
-    packed: &mut PackedModel,
-) -> Result<()> {
-    for &slot in layer.slots() {
-        if let Some(p) = layer.linear(slot)?.op().packed() {
-            packed
-                .layers
-                .insert(linear_name(family, layer.index, slot), p);
-        }
-    }
-    if cfg.method.smoothing(cfg).is_some() {
-        for ns in [NormSlot::Attn, NormSlot::Mlp] {
-            let n = layer.norm(ns);
-            let base = norm_name(family, layer.index, ns);
-            packed.layers.insert(
-                format!("{base}.weight"),
-                dgq_core::format::PackedLayer::new(LayerWeight::Float(n.weight.clone().into_dyn())),
-            );
-            if let Some(b) = &n.bias {
-                packed.layers.insert(
-                    format!("{base}.bias"),
-                    dgq_core::format::PackedLayer::new(LayerWeight::Float(b.clone().into_dyn())),
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Loads a packed file's layers into `model` (loaded from the same source as the file was made
-/// from): quantized linears replace the float ones (run with `exec`), float norm tensors replace
-/// the norms' weights/biases. Returns the number of linears replaced.
-///
-/// Errors: a name the model has no slot for, shape mismatches, invalid layers.
-pub fn apply_packed(model: &mut Model, packed: &PackedModel, exec: Exec) -> Result<usize> {
-    let family = model.config.family;
-    let mut used: BTreeMap<&str, ()> = BTreeMap::new();
-    let mut replaced = 0;
-    let mut total = 0;
-    for layer in model.layers.iter_mut() {
-        total += layer.slots().len();
-        for &slot in layer.slots() {
-            let name = linear_name(family, layer.index, slot);
-            if let Some((key, p)) = packed.layers.get_key_value(&name) {
-                let q = QuantLinear::from_packed(p, exec)?;
-                layer.linear_mut(slot)?.replace(Box::new(q))?;
-                used.insert(key.as_str(), ());
-                replaced += 1;
-            }
-        }
-        for ns in [NormSlot::Attn, NormSlot::Mlp] {
-            let base = norm_name(family, layer.index, ns);
-            let norm = layer.norm_mut(ns);
-            for (suffix, is_bias) in [("weight", false), ("bias", true)] {
-                let name = format!("{base}.{suffix}");
-                let Some((key, p)) = packed.layers.get_key_value(&name) else {
-                    continue;
-                };
-                let LayerWeight::Float(a) = &p.weight else {
-                    return Err(Error::Unsupported(format!(
-                        "{name}: norm tensors must be stored as f32"
-                    )));
-                };
-                let v: Array1<f32> = a
-                    .clone()
-                    .into_dimensionality()
-                    .map_err(|_| Error::shape(name.clone(), "[d]", format!("{:?}", a.shape())))?;
-                if v.len() != norm.dim() {
-                    return Err(Error::shape(name, norm.dim(), v.len()));
-                }
-                if is_bias {
-                    norm.bias = Some(v);
-                } else {
-                    norm.weight = v;
-                }
-                used.insert(key.as_str(), ());
-            }
-        }
-    }
-    if replaced > 0 && replaced != total {
-        return Err(Error::config(
-            "packed file",
-            format!("{replaced} of {total} linears"),
-            "covers only part of the model's linears (was it made from another model?)",
-        ));
-    }
-    if let Some(name) = packed
-        .layers
-        .keys()
-        .find(|k| !used.contains_key(k.as_str()))
-    {
-        return Err(Error::config(
-            "packed layer",
-            name,
-            "the model has no such layer (was the file made from another model?)",
-        ));
-    }
-    Ok(replaced)
 }
 
 /// Mean `out_nmse` and `act_only_nmse` per projection name (`q_proj`, `down_proj`...) over all

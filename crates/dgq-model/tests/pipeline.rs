@@ -243,3 +243,121 @@ fn group_size_falls_back_to_a_divisor() {
     assert_eq!(effective_group_size(1536, 128), Some(128));
     assert_eq!(effective_group_size(7, 128), None);
 }
+
+#[test]
+fn calibration_checks_the_residual_adds() {
+    // Public fields let a caller install a last linear whose output is one column wide: a
+    // residual add would broadcast it over the stream. The forward refuses it, and so must the
+    // calibration, which drives the same stages.
+    let dir = tiny_dir(4);
+    let t = spec();
+    let windows = vec![text_tokens(24, 3)];
+    let narrow = |k: usize| {
+        let w = Array2::from_shape_fn((1, k), |(_, j)| 0.01 * (j as f32 + 1.0));
+        dgq_model::Linear::float(w, None).unwrap()
+    };
+    for method in [Method::Rtn, Method::W8a8] {
+        let mut m = load(dir.path());
+        m.layers[0].o_proj = narrow(t.heads * t.hd);
+        assert!(matches!(
+            m.forward(&windows[0]),
+            Err(dgq_model::Error::Shape { .. })
+        ));
+        let r = quantize_model(&mut m, &windows, &cfg(method), &mut |_| {});
+        assert!(
+            matches!(r, Err(dgq_model::Error::Shape { ref what, .. }) if what.contains("O")),
+            "{method:?}: {r:?}"
+        );
+        let mut m = load(dir.path());
+        if let dgq_model::Mlp::SwiGlu { down, .. } = &mut m.layers[1].mlp {
+            *down = narrow(t.ff);
+        }
+        let r = quantize_model(&mut m, &windows, &cfg(method), &mut |_| {});
+        assert!(
+            matches!(r, Err(dgq_model::Error::Shape { ref what, .. }) if what.contains("Down")),
+            "{method:?}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn packed_file_is_tied_to_the_model_it_was_made_from() {
+    use dgq_model::packed::{check_source, model_fingerprint, SourceCheck, FINGERPRINT_KEY};
+    use dgq_model::Error;
+    let dir = tiny_dir(1);
+    let tokens = text_tokens(600, 1);
+    let probe = &tokens[100..140];
+    let w = vec![tokens[..32].to_vec()];
+    let mut m = load(dir.path());
+    let fp = model_fingerprint(&m).unwrap();
+    assert!(fp.starts_with("sha256:") && fp.len() == 7 + 64, "{fp}");
+    let (p, _) = quantize_model(&mut m, &w, &cfg(Method::Dgq), &mut |_| {}).unwrap();
+    assert_eq!(p.metadata.get(FINGERPRINT_KEY), Some(&fp));
+    // A quantized model has no float weights left to identify it by.
+    assert!(matches!(model_fingerprint(&m), Err(Error::Unsupported(_))));
+    let p = format::from_bytes(&format::to_bytes(&p).unwrap()).unwrap();
+    // The same weights at another path: verified and applied.
+    let same = tiny_dir(1);
+    let mut s = load(same.path());
+    assert_eq!(check_source(&s, &p).unwrap(), SourceCheck::Verified);
+    assert_eq!(apply_packed(&mut s, &p, Exec::FakeQuant).unwrap(), 14);
+    // Another model of the very same shapes: a typed error, and the model is left as it was.
+    let other_dir = tiny_dir(2);
+    let mut other = load(other_dir.path());
+    let before = other.forward(probe).unwrap();
+    match apply_packed(&mut other, &p, Exec::FakeQuant) {
+        Err(Error::OtherModel {
+            expected, found, ..
+        }) => {
+            assert_eq!(expected, fp);
+            assert_ne!(found, fp);
+        }
+        r => panic!("expected OtherModel, got {r:?}"),
+    }
+    assert_eq!(other.forward(probe).unwrap(), before);
+    assert!(other.layers.iter().all(|l| l.q_proj.as_float().is_some()));
+    // A file that records no fingerprint (older dgq, other writers) still applies, unverified.
+    let mut old = p.clone();
+    old.metadata.remove(FINGERPRINT_KEY);
+    let old = format::from_bytes(&format::to_bytes(&old).unwrap()).unwrap();
+    assert_eq!(check_source(&other, &old).unwrap(), SourceCheck::Unverified);
+    assert_eq!(apply_packed(&mut other, &old, Exec::FakeQuant).unwrap(), 14);
+}
+
+#[test]
+fn packed_file_of_other_shapes_names_the_layer() {
+    use dgq_model::Error;
+    let dir = tiny_dir(1);
+    let tokens = text_tokens(600, 1);
+    let w = vec![tokens[..32].to_vec()];
+    let mut m = load(dir.path());
+    let (p, _) = quantize_model(&mut m, &w, &cfg(Method::Rtn), &mut |_| {}).unwrap();
+    let layer_of = |t: TinyLlama| {
+        let d = tempfile::tempdir().unwrap();
+        write_hf_dir(d.path(), &t.config_json(), &t.tensors(1), 1, Dtype::F32);
+        let mut o = load(d.path());
+        match apply_packed(&mut o, &p, Exec::FakeQuant) {
+            Err(Error::PackedMismatch { layer, reason }) => {
+                assert!(o.layers.iter().all(|l| l.q_proj.as_float().is_some()));
+                (layer, reason)
+            }
+            r => panic!("expected PackedMismatch, got {r:?}"),
+        }
+    };
+    let (layer, reason) = layer_of(TinyLlama { ff: 48, ..spec() });
+    assert_eq!(layer, "model.layers.0.mlp.gate_proj");
+    assert!(
+        reason.contains("[64, 32]") && reason.contains("[48, 32]"),
+        "{reason}"
+    );
+    let (layer, _) = layer_of(TinyLlama {
+        layers: 3,
+        ..spec()
+    });
+    assert_eq!(layer, "model.layers.2.self_attn.q_proj");
+    let (layer, _) = layer_of(TinyLlama {
+        layers: 1,
+        ..spec()
+    });
+    assert!(layer.starts_with("model.layers.1."), "{layer}");
+}

@@ -230,7 +230,11 @@ pub(crate) const MAX_TENSOR_ELEMS: u64 = 1 << 40;
 
 /// Parses and validates the header of the GGUF file `reader` (positioned at its start, `len`
 /// bytes long). Tensor data is not read, but every tensor's extent is checked to lie in the file.
-pub(crate) fn read_content<R: Read + Seek>(path: &Path, reader: &mut R, len: u64) -> Result<Content> {
+pub(crate) fn read_content<R: Read + Seek>(
+    path: &Path,
+    reader: &mut R,
+    len: u64,
+) -> Result<Content> {
     reader
         .seek(SeekFrom::Start(0))
         .map_err(|e| Error::io(path, e))?;
@@ -330,10 +334,7 @@ pub(crate) fn read_content<R: Read + Seek>(path: &Path, reader: &mut R, len: u64
             .filter(|&n| n <= MAX_TENSOR_ELEMS);
         let elems = match elems {
             Some(0) => {
-                return Err(c.err(format!(
-                    "tensor {name} has dims {:?}: no elements",
-                    e.dims
-                )))
+                return Err(c.err(format!("tensor {name} has dims {:?}: no elements", e.dims)))
             }
             Some(n) => n,
             None => {

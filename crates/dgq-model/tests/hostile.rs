@@ -62,7 +62,11 @@ fn gguf_alignment_zero() {
     }
     // Not a power of two, or not an integer: refused too. A power of two is fine.
     for v in [GgufValue::U32(24), GgufValue::Str("32".into())] {
-        let p = write(&dir, "a.gguf", &gguf_bytes(&[("general.alignment", v)], &[]));
+        let p = write(
+            &dir,
+            "a.gguf",
+            &gguf_bytes(&[("general.alignment", v)], &[]),
+        );
         assert!(matches!(GgufFile::open(&p), Err(Error::Gguf { .. })));
     }
     let p = write(
@@ -82,7 +86,11 @@ fn huge_head_dim() {
         GgufValue::U32(1 << 29),
         GgufValue::U64(u64::MAX),
     ] {
-        let p = write(&dir, "h.gguf", &gguf_with(vec![("llama.attention.key_length", v)]));
+        let p = write(
+            &dir,
+            "h.gguf",
+            &gguf_with(vec![("llama.attention.key_length", v)]),
+        );
         config_error(Model::from_gguf(&p), "key_length");
     }
     // Within bounds but not what the tensors hold: the first projection's shape is named.
@@ -140,14 +148,19 @@ fn huge_layer_count() {
 fn layer_count_checked_against_the_file_first() {
     let t = TinyLlama::default();
     let mut w = t.tensors(8);
-    w.get_mut("model.layers.0.self_attn.q_proj.weight").unwrap().1[0] = f32::NAN;
+    w.get_mut("model.layers.0.self_attn.q_proj.weight")
+        .unwrap()
+        .1[0] = f32::NAN;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = t.config_json();
     cfg["num_hidden_layers"] = (t.layers + 1).into();
     write_hf_dir(dir.path(), &cfg, &w, 1, Dtype::F32);
     match Model::from_hf_dir(dir.path()) {
         Err(Error::MissingTensor { name }) => {
-            assert_eq!(name, format!("model.layers.{}.self_attn.q_proj.weight", t.layers))
+            assert_eq!(
+                name,
+                format!("model.layers.{}.self_attn.q_proj.weight", t.layers)
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -185,7 +198,10 @@ fn zero_element_tensors() {
         data: vec![],
     });
     let p = write(&dir, "z.gguf", &gguf_bytes(&kv, &tensors));
-    for r in [GgufFile::open(&p).map(|_| ()), Model::from_gguf(&p).map(|_| ())] {
+    for r in [
+        GgufFile::open(&p).map(|_| ()),
+        Model::from_gguf(&p).map(|_| ()),
+    ] {
         match r {
             Err(Error::Gguf { problem, .. }) => {
                 assert!(problem.contains("rope_freqs.weight"), "{problem}");
@@ -224,7 +240,10 @@ fn rope_freqs_shape_checked_before_reading() {
     let p = write(&dir, "r.gguf", &gguf_bytes(&kv, &tensors));
     match Model::from_gguf(&p) {
         Err(Error::TensorShape { name, expected, .. }) => {
-            assert_eq!((name.as_str(), expected), ("rope_freqs.weight", vec![t.hd / 2]))
+            assert_eq!(
+                (name.as_str(), expected),
+                ("rope_freqs.weight", vec![t.hd / 2])
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -336,7 +355,10 @@ fn gguf_counts_and_lengths_beyond_the_file() {
     let good = gguf_bytes(
         &[
             ("general.architecture", GgufValue::Str("llama".into())),
-            ("tokenizer.ggml.tokens", GgufValue::StrArray(vec!["a".into()])),
+            (
+                "tokenizer.ggml.tokens",
+                GgufValue::StrArray(vec!["a".into()]),
+            ),
         ],
         &[],
     );

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Everything CI checks, in one command: formatting, clippy (default and CUDA features), rustdoc,
-# all tests (default and CUDA features).
+# all tests (default and CUDA features), a brief run of every fuzz target.
 #
 # Installs what it needs by itself, idempotently, into ${DGQ_CACHE:-$HOME/.cache/dgq} (outside the
 # repository, so fresh clones reuse it): the CUDA build toolchain (nvcc + CUTLASS headers from PyPI,
-# libclang) so the `cuda` feature compiles even on machines without a GPU, and the small test model
-# (SmolLM2) so the model tests run. GPU tests skip with a printed reason when no GPU is present.
+# libclang) so the `cuda` feature compiles even on machines without a GPU, the small test model
+# (SmolLM2) so the model tests run, and cargo-fuzz (scripts/fuzz.sh). GPU tests skip with a printed
+# reason when no GPU is present.
 #
 # Usage: scripts/test.sh
 # Env:   DGQ_CACHE   cache folder (default: $HOME/.cache/dgq)
@@ -129,6 +130,12 @@ if [[ $cuda_toolchain -eq 1 ]]; then
 else
   skip "cargo test (all features, CUDA)" "no CUDA toolchain (DGQ_NVCC unset)"
 fi
+
+# --- Fuzzing ----------------------------------------------------------------------------------
+# Every libFuzzer target (packed format, GGUF, HF directory, C ABI open) on the committed seeds
+# and past crash inputs, then a few seconds of mutation each. The instrumented build is cached in
+# $DGQ_CACHE/fuzz-target; the first one on a machine compiles every dependency (see fuzz.sh).
+step "fuzz targets on the seeds, 8 s each (fuzz.sh)" bash scripts/fuzz.sh 8
 
 # --- C API header -----------------------------------------------------------------------------
 # HOOK: scripts/check-header.sh arrives with the C API (dgq-capi). It regenerates include/dgq.h

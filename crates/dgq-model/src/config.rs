@@ -7,6 +7,15 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::rope::RopeScaling;
+use crate::weights::{GgufFile, TensorSource};
+
+/// Largest head size accepted: real models stay at or below 256, and the rotary tables are
+/// allocated from it before any tensor is read.
+pub const MAX_HEAD_DIM: usize = 1 << 12;
+/// Largest layer count accepted (real models: up to ~130).
+pub const MAX_LAYERS: usize = 1 << 12;
+/// Largest `max_position_embeddings` accepted (OPT allocates its position table from it).
+pub const MAX_POSITIONS: usize = 1 << 30;
 
 /// Decoder family: the layer structure the forward implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,6 +95,22 @@ impl ModelConfig {
         for (field, v) in positive {
             if v == 0 {
                 return Err(Error::config(field, v, "must be positive"));
+            }
+        }
+        // Bounds no real checkpoint comes near, checked before anything is allocated from them
+        // (the tensors in the file are checked against the config separately, by the loader).
+        let bounded = [
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+            ("num_hidden_layers", self.num_layers, MAX_LAYERS),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_POSITIONS,
+            ),
+        ];
+        for (field, v, max) in bounded {
+            if v > max {
+                return Err(Error::config(field, v, format!("must be at most {max}")));
             }
         }
         if self.num_heads % self.num_kv_heads != 0 {
@@ -373,4 +398,126 @@ fn as_u32(key: &str, v: &Value) -> Result<u32> {
     v.as_u64()
         .and_then(|u| u32::try_from(u).ok())
         .ok_or_else(|| Error::config(key, v, "expected a token id"))
+}
+
+/// Reads the LLaMA-family hyper-parameters from GGUF metadata (and the `rope_freqs.weight`
+/// tensor, when present). The flag says whether Q/K are stored permuted for interleaved RoPE
+/// (llama.cpp's `llama` architecture; not `qwen2`).
+pub(crate) fn gguf_config(src: &mut GgufFile) -> Result<(ModelConfig, bool)> {
+    let path = src.path().to_path_buf();
+    let arch = src
+        .meta_str("general.architecture")?
+        .ok_or_else(|| Error::gguf(&path, "missing general.architecture"))?
+        .to_string();
+    let permuted = match arch.as_str() {
+        "llama" | "mistral" => true,
+        "qwen2" => false,
+        other => {
+            return Err(Error::Unsupported(format!(
+                "GGUF architecture {other} (supported: llama, mistral, qwen2)"
+            )))
+        }
+    };
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden_size = src.req_usize(&key("embedding_length"))?;
+    let num_heads = src.req_usize(&key("attention.head_count"))?;
+    if num_heads == 0 {
+        return Err(Error::config(
+            key("attention.head_count"),
+            0,
+            "must be positive",
+        ));
+    }
+    let num_kv_heads = src
+        .meta_usize(&key("attention.head_count_kv"))?
+        .unwrap_or(num_heads);
+    let head_dim = src
+        .meta_usize(&key("attention.key_length"))?
+        .unwrap_or(hidden_size / num_heads);
+    if head_dim > MAX_HEAD_DIM {
+        return Err(Error::config(
+            key("attention.key_length"),
+            head_dim,
+            format!("must be at most {MAX_HEAD_DIM}"),
+        ));
+    }
+    if let Some(rot) = src.meta_usize(&key("rope.dimension_count"))? {
+        if rot != head_dim {
+            return Err(Error::Unsupported(format!(
+                "partial rotary ({rot} of {head_dim} dims)"
+            )));
+        }
+    }
+    let embed_shape = src
+        .shape("token_embd.weight")
+        .ok_or_else(|| Error::MissingTensor {
+            name: "token_embd.weight".into(),
+        })?;
+    let vocab_size = match src.meta_usize(&key("vocab_size"))? {
+        Some(v) => v,
+        None => embed_shape.first().copied().unwrap_or(0),
+    };
+    let mut rope_scaling = match src.meta_str(&key("rope.scaling.type"))? {
+        None | Some("none") => None,
+        Some("linear") => Some(RopeScaling::Linear {
+            factor: src
+                .meta_f32(&key("rope.scaling.factor"))?
+                .ok_or_else(|| Error::gguf(&path, "linear rope scaling without a factor"))?,
+        }),
+        Some(other) => return Err(Error::Unsupported(format!("GGUF rope scaling {other}"))),
+    };
+    const ROPE_FREQS: &str = "rope_freqs.weight";
+    if let Some(shape) = src.shape(ROPE_FREQS) {
+        if rope_scaling.is_some() {
+            return Err(Error::Unsupported(
+                "rope_freqs together with rope scaling".into(),
+            ));
+        }
+        // Per-frequency divisors (LLaMA 3.1), `[head_dim / 2]`: checked before it is read.
+        if shape != [head_dim / 2] {
+            return Err(Error::TensorShape {
+                name: ROPE_FREQS.into(),
+                expected: vec![head_dim / 2],
+                got: shape,
+            });
+        }
+        rope_scaling = Some(RopeScaling::Factors(src.read_f32(ROPE_FREQS)?));
+    }
+    let token = |k: &str| -> Result<Option<u32>> {
+        Ok(match src.meta_u64(k)? {
+            Some(v) => Some(
+                u32::try_from(v)
+                    .map_err(|_| Error::gguf(&path, format!("{k} = {v} out of range")))?,
+            ),
+            None => None,
+        })
+    };
+    let cfg = ModelConfig {
+        family: Family::Llama,
+        model_type: arch.clone(),
+        vocab_size,
+        hidden_size,
+        intermediate_size: src.req_usize(&key("feed_forward_length"))?,
+        num_layers: src.req_usize(&key("block_count"))?,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        max_position_embeddings: src.meta_usize(&key("context_length"))?.unwrap_or(2048),
+        norm_eps: src
+            .meta_f32(&key("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-5),
+        rope_theta: src.meta_f32(&key("rope.freq_base"))?.unwrap_or(10000.0),
+        rope_scaling,
+        tie_word_embeddings: src.shape("output.weight").is_none(),
+        qkv_bias: src.shape("blk.0.attn_q.bias").is_some(),
+        o_bias: src.shape("blk.0.attn_output.bias").is_some(),
+        mlp_bias: src.shape("blk.0.ffn_up.bias").is_some(),
+        norm_before: true,
+        word_embed_proj_dim: hidden_size,
+        sliding_window: None,
+        bos_token_id: token("tokenizer.ggml.bos_token_id")?,
+        eos_token_id: token("tokenizer.ggml.eos_token_id")?,
+    };
+    cfg.validate()?;
+    Ok((cfg, permuted))
 }

@@ -41,6 +41,7 @@
 pub mod calib;
 pub mod config;
 pub mod error;
+mod gguf;
 pub mod layer;
 pub mod linear;
 pub mod model;

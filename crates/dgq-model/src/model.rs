@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, ArrayView2, Axis};
 
-use crate::config::{Family, ModelConfig};
+use crate::config::{gguf_config, Family, ModelConfig};
 use crate::error::{Error, Result};
 use crate::layer::{AttentionSpec, CaptureHook, DecoderLayer, LayerKvCache, Mlp};
 use crate::linear::{Linear, LinearSlot};
@@ -114,9 +114,12 @@ impl Model {
     /// Loads a LLaMA-family model (`llama`, `qwen2` architectures) from a GGUF file,
     /// dequantizing every tensor to f32 and undoing llama.cpp's Q/K row permutation.
     pub fn from_gguf(path: &Path) -> Result<Model> {
-        let src = GgufFile::open(path)?;
-        let (config, permuted) = gguf_config(&src)?;
+        let mut src = GgufFile::open(path)?;
+        let (config, permuted) = gguf_config(&mut src)?;
         let mut w = Weights::new(src);
+        if matches!(config.rope_scaling, Some(RopeScaling::Factors(_))) {
+            w.skip("rope_freqs.weight");
+        }
         let mut model = build_llama(config, &mut w, &GGUF_LLAMA, permuted)?;
         model.load_info = LoadInfo {
             path: path.to_path_buf(),
@@ -389,6 +392,7 @@ fn build_llama<S: TensorSource>(
     unpermute_qk: bool,
 ) -> Result<Model> {
     config.validate()?;
+    check_llama_tensors(&config, w, names)?;
     let c = &config;
     let (d, ff, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
     let embed_tokens = w.take2(names.embed, c.vocab_size, d)?;
@@ -458,6 +462,42 @@ fn build_llama<S: TensorSource>(
     })
 }
 
+/// Checks the shape of every tensor [`build_llama`] takes, in the order it takes them, before
+/// any is read: sizes and layer counts from the config are only allocated once the file is
+/// known to hold tensors of those sizes.
+fn check_llama_tensors<S: TensorSource>(
+    c: &ModelConfig,
+    w: &Weights<S>,
+    names: &LlamaNames,
+) -> Result<()> {
+    let (d, ff, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+    w.check(names.embed, &[c.vocab_size, d])?;
+    for i in 0..c.num_layers {
+        let n = |part: &str| (names.layer)(i, part);
+        let lin = |part: &str, bias: bool, rows: usize, cols: usize| -> Result<()> {
+            w.check(&n(part), &[rows, cols])?;
+            if bias {
+                w.check(&n(&format!("{part}.bias")), &[rows])?;
+            }
+            Ok(())
+        };
+        lin("q", c.qkv_bias, qd, d)?;
+        lin("k", c.qkv_bias, kvd, d)?;
+        lin("v", c.qkv_bias, kvd, d)?;
+        lin("o", c.o_bias, d, qd)?;
+        lin("gate", c.mlp_bias, ff, d)?;
+        lin("up", c.mlp_bias, ff, d)?;
+        lin("down", c.mlp_bias, d, ff)?;
+        w.check(&n("attn_norm"), &[d])?;
+        w.check(&n("mlp_norm"), &[d])?;
+    }
+    w.check(names.final_norm, &[d])?;
+    if !c.tie_word_embeddings {
+        w.check(names.lm_head, &[c.vocab_size, d])?;
+    }
+    Ok(())
+}
+
 fn in_memory_info() -> LoadInfo {
     LoadInfo {
         path: PathBuf::new(),
@@ -482,116 +522,65 @@ fn unpermute_linear(l: &mut Linear, heads: usize, head_dim: usize) -> Result<()>
     Ok(())
 }
 
-/// Reads the LLaMA-family hyper-parameters from GGUF metadata. The flag says whether Q/K are
-/// stored permuted for interleaved RoPE (llama.cpp's `llama` architecture; not `qwen2`).
-fn gguf_config(src: &GgufFile) -> Result<(ModelConfig, bool)> {
-    let path = src.path().to_path_buf();
-    let arch = src
-        .meta_str("general.architecture")?
-        .ok_or_else(|| Error::gguf(&path, "missing general.architecture"))?
-        .to_string();
-    let permuted = match arch.as_str() {
-        "llama" | "mistral" => true,
-        "qwen2" => false,
-        other => {
-            return Err(Error::Unsupported(format!(
-                "GGUF architecture {other} (supported: llama, mistral, qwen2)"
-            )))
-        }
-    };
-    let key = |k: &str| format!("{arch}.{k}");
-    let hidden_size = src.req_usize(&key("embedding_length"))?;
-    let num_heads = src.req_usize(&key("attention.head_count"))?;
-    if num_heads == 0 {
-        return Err(Error::config(
-            key("attention.head_count"),
-            0,
-            "must be positive",
-        ));
-    }
-    let num_kv_heads = src
-        .meta_usize(&key("attention.head_count_kv"))?
-        .unwrap_or(num_heads);
-    let head_dim = src
-        .meta_usize(&key("attention.key_length"))?
-        .unwrap_or(hidden_size / num_heads);
-    if let Some(rot) = src.meta_usize(&key("rope.dimension_count"))? {
-        if rot != head_dim {
-            return Err(Error::Unsupported(format!(
-                "partial rotary ({rot} of {head_dim} dims)"
-            )));
-        }
-    }
-    let embed_shape = src
-        .shape("token_embd.weight")
-        .ok_or_else(|| Error::MissingTensor {
-            name: "token_embd.weight".into(),
-        })?;
-    let vocab_size = match src.meta_usize(&key("vocab_size"))? {
-        Some(v) => v,
-        None => embed_shape.first().copied().unwrap_or(0),
-    };
-    let mut rope_scaling = match src.meta_str(&key("rope.scaling.type"))? {
-        None | Some("none") => None,
-        Some("linear") => Some(RopeScaling::Linear {
-            factor: src
-                .meta_f32(&key("rope.scaling.factor"))?
-                .ok_or_else(|| Error::gguf(&path, "linear rope scaling without a factor"))?,
-        }),
-        Some(other) => return Err(Error::Unsupported(format!("GGUF rope scaling {other}"))),
-    };
-    if src.shape("rope_freqs.weight").is_some() {
-        if rope_scaling.is_some() {
-            return Err(Error::Unsupported(
-                "rope_freqs together with rope scaling".into(),
-            ));
-        }
-        // Read eagerly: small `[head_dim/2]` tensor of per-frequency divisors (LLaMA 3.1).
-        let mut tmp = GgufFile::open(&path)?;
-        let f = tmp.read_f32("rope_freqs.weight")?;
-        rope_scaling = Some(RopeScaling::Factors(f));
-    }
-    let token = |k: &str| -> Result<Option<u32>> {
-        Ok(match src.meta_u64(k)? {
-            Some(v) => Some(
-                u32::try_from(v)
-                    .map_err(|_| Error::gguf(&path, format!("{k} = {v} out of range")))?,
-            ),
-            None => None,
-        })
-    };
-    let cfg = ModelConfig {
-        family: Family::Llama,
-        model_type: arch.clone(),
-        vocab_size,
-        hidden_size,
-        intermediate_size: src.req_usize(&key("feed_forward_length"))?,
-        num_layers: src.req_usize(&key("block_count"))?,
-        num_heads,
-        num_kv_heads,
-        head_dim,
-        max_position_embeddings: src.meta_usize(&key("context_length"))?.unwrap_or(2048),
-        norm_eps: src
-            .meta_f32(&key("attention.layer_norm_rms_epsilon"))?
-            .unwrap_or(1e-5),
-        rope_theta: src.meta_f32(&key("rope.freq_base"))?.unwrap_or(10000.0),
-        rope_scaling,
-        tie_word_embeddings: src.shape("output.weight").is_none(),
-        qkv_bias: src.shape("blk.0.attn_q.bias").is_some(),
-        o_bias: src.shape("blk.0.attn_output.bias").is_some(),
-        mlp_bias: src.shape("blk.0.ffn_up.bias").is_some(),
-        norm_before: true,
-        word_embed_proj_dim: hidden_size,
-        sliding_window: None,
-        bos_token_id: token("tokenizer.ggml.bos_token_id")?,
-        eos_token_id: token("tokenizer.ggml.eos_token_id")?,
-    };
-    cfg.validate()?;
-    Ok((cfg, permuted))
-}
-
 // ------------------------------------------------------------------------------------------------
 // OPT
+
+/// Rows of OPT's learned position table.
+fn opt_position_rows(c: &ModelConfig) -> Result<usize> {
+    c.max_position_embeddings
+        .checked_add(OPT_POSITION_OFFSET)
+        .ok_or_else(|| {
+            Error::config(
+                "max_position_embeddings",
+                c.max_position_embeddings,
+                "too large",
+            )
+        })
+}
+
+/// Checks the shape of every tensor [`build_opt`] takes, before any is read (see
+/// [`check_llama_tensors`]).
+fn check_opt_tensors<S: TensorSource>(c: &ModelConfig, w: &Weights<S>, p: &str) -> Result<()> {
+    let (d, ff, e) = (c.hidden_size, c.intermediate_size, c.word_embed_proj_dim);
+    w.check(&format!("{p}embed_tokens.weight"), &[c.vocab_size, e])?;
+    w.check(
+        &format!("{p}embed_positions.weight"),
+        &[opt_position_rows(c)?, d],
+    )?;
+    if e != d {
+        w.check(&format!("{p}project_in.weight"), &[d, e])?;
+        w.check(&format!("{p}project_out.weight"), &[e, d])?;
+    }
+    let ln = |name: &str| -> Result<()> {
+        w.check(&format!("{name}.weight"), &[d])?;
+        w.check(&format!("{name}.bias"), &[d])
+    };
+    for i in 0..c.num_layers {
+        let l = format!("{p}layers.{i}.");
+        let lin = |m: &str, rows: usize, cols: usize, bias: bool| -> Result<()> {
+            w.check(&format!("{l}{m}.weight"), &[rows, cols])?;
+            if bias {
+                w.check(&format!("{l}{m}.bias"), &[rows])?;
+            }
+            Ok(())
+        };
+        lin("self_attn.q_proj", d, d, c.qkv_bias)?;
+        lin("self_attn.k_proj", d, d, c.qkv_bias)?;
+        lin("self_attn.v_proj", d, d, c.qkv_bias)?;
+        lin("self_attn.out_proj", d, d, c.o_bias)?;
+        lin("fc1", ff, d, c.mlp_bias)?;
+        lin("fc2", d, ff, c.mlp_bias)?;
+        ln(&format!("{l}self_attn_layer_norm"))?;
+        ln(&format!("{l}final_layer_norm"))?;
+    }
+    if c.norm_before {
+        ln(&format!("{p}final_layer_norm"))?;
+    }
+    if !c.tie_word_embeddings {
+        w.check("lm_head.weight", &[c.vocab_size, e])?;
+    }
+    Ok(())
+}
 
 fn build_opt<S: TensorSource>(config: ModelConfig, w: &mut Weights<S>) -> Result<Model> {
     config.validate()?;
@@ -602,11 +591,12 @@ fn build_opt<S: TensorSource>(config: ModelConfig, w: &mut Weights<S>) -> Result
     } else {
         "decoder."
     };
+    check_opt_tensors(c, w, p)?;
     let (d, ff, e) = (c.hidden_size, c.intermediate_size, c.word_embed_proj_dim);
     let embed_tokens = w.take2(&format!("{p}embed_tokens.weight"), c.vocab_size, e)?;
     let embed_positions = w.take2(
         &format!("{p}embed_positions.weight"),
-        c.max_position_embeddings + OPT_POSITION_OFFSET,
+        opt_position_rows(c)?,
         d,
     )?;
     let (project_in, project_out) = if e != d {

@@ -52,7 +52,8 @@ impl<S: TensorSource> Weights<S> {
         }
     }
 
-    fn take(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+    /// Checks that tensor `name` exists with shape `expected`, without reading it.
+    pub(crate) fn check(&self, name: &str, expected: &[usize]) -> Result<()> {
         let shape = self.src.shape(name).ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),
         })?;
@@ -63,6 +64,11 @@ impl<S: TensorSource> Weights<S> {
                 got: shape,
             });
         }
+        Ok(())
+    }
+
+    fn take(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        self.check(name, expected)?;
         let data = self.src.read_f32(name)?;
         if data.len() != expected.iter().product::<usize>() {
             return Err(Error::TensorShape {
@@ -277,11 +283,9 @@ impl TensorSource for SafetensorsSource {
 // ------------------------------------------------------------------------------------------------
 // GGUF
 
-/// Largest element count we accept for one GGUF tensor (guards the products candle computes).
-const MAX_GGUF_ELEMS: usize = 1 << 40;
-
-/// A GGUF file, parsed by candle's `gguf_file` reader and dequantized by its kernels. The
-/// header and metadata are read at [`open`](GgufFile::open); tensor data on demand.
+/// A GGUF file: header and metadata parsed and validated at [`open`](GgufFile::open) (every
+/// tensor's data lies inside the file, no tensor is empty), tensor data read on demand and
+/// dequantized by candle's kernels.
 pub struct GgufFile {
     path: PathBuf,
     reader: BufReader<File>,
@@ -312,23 +316,9 @@ impl GgufFile {
     /// Opens and parses the header and metadata of a GGUF file (tensor data is read lazily).
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut reader = BufReader::new(file);
-        let content =
-            gguf_file::Content::read(&mut reader).map_err(|e| map_candle_read_error(path, e))?;
-        for (name, info) in &content.tensor_infos {
-            let elems = info
-                .shape
-                .dims()
-                .iter()
-                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-                .filter(|&n| n <= MAX_GGUF_ELEMS);
-            if elems.is_none() {
-                return Err(Error::gguf(
-                    path,
-                    format!("tensor {name} has implausible dims {:?}", info.shape.dims()),
-                ));
-            }
-        }
+        let content = crate::gguf::read_content(path, &mut reader, len)?;
         Ok(GgufFile {
             path: path.to_path_buf(),
             reader,
@@ -527,19 +517,6 @@ fn candle_message(e: &candle_core::Error) -> String {
         }
         e => e.to_string(),
     }
-}
-
-/// candle reports an unknown ggml type id only as text; recover the typed error from it.
-fn map_candle_read_error(path: &Path, e: candle_core::Error) -> Error {
-    let msg = candle_message(&e);
-    if let Some(rest) = msg.split("unknown dtype for tensor ").nth(1) {
-        let id: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        return Error::UnsupportedGgufType {
-            tensor: "(in tensor table)".into(),
-            ggml_type: format!("id {id}"),
-        };
-    }
-    Error::gguf(path, msg)
 }
 
 impl TensorSource for GgufFile {

@@ -689,6 +689,7 @@ pub fn write_hf_dir(
 
 pub enum GgufValue {
     U32(u32),
+    U64(u64),
     F32(f32),
     Bool(bool),
     Str(String),
@@ -728,6 +729,10 @@ pub fn gguf_bytes(kv: &[(&str, GgufValue)], tensors: &[GgufTensor]) -> Vec<u8> {
         match v {
             GgufValue::U32(x) => {
                 out.extend(4u32.to_le_bytes());
+                out.extend(x.to_le_bytes());
+            }
+            GgufValue::U64(x) => {
+                out.extend(10u32.to_le_bytes());
                 out.extend(x.to_le_bytes());
             }
             GgufValue::F32(x) => {
@@ -778,6 +783,146 @@ pub fn gguf_bytes(kv: &[(&str, GgufValue)], tensors: &[GgufTensor]) -> Vec<u8> {
         out.resize(align(out.len()), 0);
     }
     out
+}
+
+/// Rows of `[heads·hd, cols]` in llama.cpp's interleaved-RoPE order (its converter's permutation).
+pub fn permute_rows_f32(v: &[f32], heads: usize, hd: usize, cols: usize) -> Vec<f32> {
+    let half = hd / 2;
+    let mut out = vec![0.0; v.len()];
+    for h in 0..heads {
+        for two in 0..2 {
+            for i in 0..half {
+                let (dst, src) = (h * hd + i * 2 + two, h * hd + two * half + i);
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&v[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The tiny model as llama.cpp would export it: GGUF names, Q/K permuted, F32/F16 storage.
+pub fn tiny_gguf(t: &TinyLlama, w: &Tensors, f16_linears: bool, tokenizer: bool) -> Vec<u8> {
+    let (kv, tensors) = tiny_gguf_parts(t, w, f16_linears, tokenizer);
+    gguf_bytes(&kv, &tensors)
+}
+
+/// The metadata and tensors of [`tiny_gguf`], for tests that alter them before writing.
+pub fn tiny_gguf_parts(
+    t: &TinyLlama,
+    w: &Tensors,
+    f16_linears: bool,
+    tokenizer: bool,
+) -> (Vec<(&'static str, GgufValue)>, Vec<GgufTensor>) {
+    let mut tensors = Vec::new();
+    let mut push = |name: String, hf: &str, permute: Option<usize>| {
+        let (shape, v) = &w[hf];
+        let v = match permute {
+            Some(heads) => permute_rows_f32(v, heads, t.hd, shape.get(1).copied().unwrap_or(1)),
+            None => v.clone(),
+        };
+        let quant = f16_linears && shape.len() == 2;
+        tensors.push(GgufTensor {
+            name,
+            shape: shape.clone(),
+            ggml_type: if quant { GGML_F16 } else { GGML_F32 },
+            data: if quant { f16_bytes(&v) } else { f32_bytes(&v) },
+        });
+    };
+    push(
+        "token_embd.weight".into(),
+        "model.embed_tokens.weight",
+        None,
+    );
+    for i in 0..t.layers {
+        let p = format!("model.layers.{i}.");
+        let b = format!("blk.{i}.");
+        push(
+            format!("{b}attn_norm.weight"),
+            &format!("{p}input_layernorm.weight"),
+            None,
+        );
+        push(
+            format!("{b}ffn_norm.weight"),
+            &format!("{p}post_attention_layernorm.weight"),
+            None,
+        );
+        push(
+            format!("{b}attn_q.weight"),
+            &format!("{p}self_attn.q_proj.weight"),
+            Some(t.heads),
+        );
+        push(
+            format!("{b}attn_k.weight"),
+            &format!("{p}self_attn.k_proj.weight"),
+            Some(t.kv_heads),
+        );
+        push(
+            format!("{b}attn_v.weight"),
+            &format!("{p}self_attn.v_proj.weight"),
+            None,
+        );
+        push(
+            format!("{b}attn_output.weight"),
+            &format!("{p}self_attn.o_proj.weight"),
+            None,
+        );
+        push(
+            format!("{b}ffn_gate.weight"),
+            &format!("{p}mlp.gate_proj.weight"),
+            None,
+        );
+        push(
+            format!("{b}ffn_up.weight"),
+            &format!("{p}mlp.up_proj.weight"),
+            None,
+        );
+        push(
+            format!("{b}ffn_down.weight"),
+            &format!("{p}mlp.down_proj.weight"),
+            None,
+        );
+    }
+    push("output_norm.weight".into(), "model.norm.weight", None);
+    if !t.tied {
+        push("output.weight".into(), "lm_head.weight", None);
+    }
+    let mut kv = vec![
+        ("general.architecture", GgufValue::Str("llama".into())),
+        ("llama.block_count", GgufValue::U32(t.layers as u32)),
+        ("llama.embedding_length", GgufValue::U32(t.d as u32)),
+        ("llama.feed_forward_length", GgufValue::U32(t.ff as u32)),
+        ("llama.attention.head_count", GgufValue::U32(t.heads as u32)),
+        (
+            "llama.attention.head_count_kv",
+            GgufValue::U32(t.kv_heads as u32),
+        ),
+        ("llama.rope.freq_base", GgufValue::F32(t.theta as f32)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            GgufValue::F32(t.eps as f32),
+        ),
+        ("llama.context_length", GgufValue::U32(64)),
+        ("llama.rope.dimension_count", GgufValue::U32(t.hd as u32)),
+    ];
+    if tokenizer {
+        let (tokens, merges, types) = tiny_gpt2_vocab();
+        assert!(tokens.len() <= t.vocab);
+        let mut tokens = tokens;
+        while tokens.len() < t.vocab {
+            tokens.push(format!("<unused{}>", tokens.len()));
+        }
+        let mut types = types;
+        types.resize(t.vocab, 1);
+        kv.push(("tokenizer.ggml.model", GgufValue::Str("gpt2".into())));
+        kv.push(("tokenizer.ggml.pre", GgufValue::Str("default".into())));
+        kv.push(("tokenizer.ggml.tokens", GgufValue::StrArray(tokens)));
+        kv.push(("tokenizer.ggml.merges", GgufValue::StrArray(merges)));
+        kv.push(("tokenizer.ggml.token_type", GgufValue::I32Array(types)));
+        kv.push(("tokenizer.ggml.bos_token_id", GgufValue::U32(1)));
+        kv.push(("tokenizer.ggml.eos_token_id", GgufValue::U32(0)));
+        kv.push(("tokenizer.ggml.add_bos_token", GgufValue::Bool(true)));
+    }
+    (kv, tensors)
 }
 
 pub fn f32_bytes(v: &[f32]) -> Vec<u8> {

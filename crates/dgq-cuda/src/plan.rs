@@ -568,10 +568,14 @@ pub fn plan_error(
 mod tests {
     use super::*;
 
-    /// Device tables the sweeps run on: an H100/H200-like occupancy table, the fallback of a
+    /// Occupancy of the decode kernels measured on an H200 (the bench's "launch limits").
+    const H200_CTAS: [[u32; 4]; 4] = [[9, 4, 2, 1], [9, 4, 2, 1], [6, 3, 1, 0], [6, 3, 0, 0]];
+
+    /// Device tables the sweeps run on: the H200's occupancy, an invented one, the fallback of a
     /// failed occupancy query (all 0), and one CTA per SM everywhere.
     fn devices() -> Vec<DeviceLimits> {
         let tables = [
+            H200_CTAS,
             [[10, 8, 4, 2], [8, 6, 3, 2], [6, 3, 1, 0], [3, 1, 0, 0]],
             [[0; 4]; 4],
             [[1; 4]; 4],
@@ -737,7 +741,7 @@ mod tests {
         let lim = DeviceLimits {
             num_sms: 132,
             smem_per_sm: 233_472,
-            decode_ctas_per_sm: [[10, 8, 4, 2], [8, 6, 3, 2], [6, 3, 1, 0], [3, 1, 0, 0]],
+            decode_ctas_per_sm: H200_CTAS,
         };
         let d = GemmConfig::default();
         let un = WorkspaceCapacity::UNLIMITED;

@@ -29,7 +29,7 @@
  * signatures, struct layouts, enum values); it is also the shared library's soname major
  * (`libdgq.so.<DGQ_ABI_VERSION>`). Compare with `dgq_abi_version()` at run time.
  */
-#define DGQ_ABI_VERSION 1
+#define DGQ_ABI_VERSION 2
 
 /**
  * Rank limit of `dgq_layer_info.shape`; higher-rank tensors report their true `ndim` and the

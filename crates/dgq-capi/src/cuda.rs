@@ -160,12 +160,12 @@ pub unsafe extern "C" fn dgq_cuda_weight_upload(
             unsafe { out.write(std::ptr::null_mut()) };
         }
         require_cuda()?;
-        // SAFETY: caller's contract.
-        let mut out = unsafe { crate::args::out_ptr("out", out)? };
-        // SAFETY: caller's contract.
-        let w = unsafe { crate::args::handle("w", w)? };
         #[cfg(feature = "cuda")]
         {
+            // SAFETY: caller's contract.
+            let mut out = unsafe { crate::args::out_ptr("out", out)? };
+            // SAFETY: caller's contract.
+            let w = unsafe { crate::args::handle("w", w)? };
             // SAFETY: caller's contract on `stream`.
             let dw = unsafe { imp::upload(w, device, stream)? };
             out.set(crate::args::into_handle(dgq_cuda_weight { inner: dw }));
@@ -173,7 +173,7 @@ pub unsafe extern "C" fn dgq_cuda_weight_upload(
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = (w, device, stream);
+            let _ = (w, device, stream, out);
             require_cuda()
         }
     })

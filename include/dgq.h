@@ -29,7 +29,7 @@
  * signatures, struct layouts, enum values); it is also the shared library's soname major
  * (`libdgq.so.<DGQ_ABI_VERSION>`). Compare with `dgq_abi_version()` at run time.
  */
-#define DGQ_ABI_VERSION 1
+#define DGQ_ABI_VERSION 2
 
 /**
  * Rank limit of `dgq_layer_info.shape`; higher-rank tensors report their true `ndim` and the
@@ -204,22 +204,21 @@ typedef enum dgq_act_mode {
  */
 typedef enum dgq_cuda_kernel {
     /**
-     * The split-K decode kernel for small M, the tiled tensor-core kernel above.
+     * The `decode` kernel for m <= 32, the `wgmma` kernel above.
      */
     DGQ_CUDA_KERNEL_AUTO = 0,
     /**
-     * The split-K decode kernel (small M only).
+     * The memory-bound `decode` kernel (m <= 64 only).
      */
     DGQ_CUDA_KERNEL_DECODE = 1,
     /**
-     * The tiled tensor-core kernel (any M): Hopper `wgmma` where the shape allows, else
-     * `mma.sync`.
+     * The persistent, warp-specialised Hopper `wgmma` kernel (any m).
      */
-    DGQ_CUDA_KERNEL_PREFILL = 2,
+    DGQ_CUDA_KERNEL_WGMMA = 2,
     /**
-     * The tiled `mma.sync` kernel (any M).
+     * The tiled `mma.sync` kernel (any m).
      */
-    DGQ_CUDA_KERNEL_PREFILL_MMA = 3,
+    DGQ_CUDA_KERNEL_MMA = 3,
 } dgq_cuda_kernel;
 
 /**
@@ -245,7 +244,10 @@ typedef struct dgq_model dgq_model;
 typedef struct dgq_weight dgq_weight;
 
 /**
- * Tuning knobs of the GPU GEMM; `dgq_cuda_gemm_config_default()` is what callers normally want.
+ * How the GPU GEMM launches: the kernel and the tuning knobs. Start from
+ * `dgq_cuda_gemm_config_default()`, which is what callers normally want, and change fields;
+ * the knobs other than `kernel` and `split_k` exist for benchmarks (results stay bit-exact,
+ * only speed changes).
  */
 typedef struct dgq_cuda_gemm_config {
     /**
@@ -253,10 +255,35 @@ typedef struct dgq_cuda_gemm_config {
      */
     int32_t kernel;
     /**
-     * Split-K factor of the decode or `wgmma` kernel; 0 (default) lets the library choose
-     * (capped by the workspace).
+     * Split-K factor of the decode (one K part per CTA) or `wgmma` kernel; 0 (default) lets
+     * the library choose (capped by the workspace).
      */
     uint32_t split_k;
+    /**
+     * 1 (default): launch the decode and `wgmma` kernels with programmatic dependent launch
+     * (the launch overlaps the previous kernel's tail); 0: without.
+     */
+    int32_t pdl;
+    /**
+     * 1 (default): the `wgmma` kernel stores f16/bf16 output that is 16-byte aligned through
+     * TMA; 0: per-thread stores.
+     */
+    int32_t wgmma_tma_store;
+    /**
+     * At most this many K parts inside one decode CTA, >= 1 (1: every K part in its own
+     * CTA). Default: 8, which caps nothing.
+     */
+    uint32_t decode_max_cta_parts;
+    /**
+     * With `decode_plan_split`, forces the decode plan: K parts per CTA (1, 2, 4 or 8; applied
+     * where the token tile was compiled for it: 8 up to m = 16, 4 up to 32, 2 up to 64) and
+     * CTAs along K. 0 and 0 (default): the library's plan.
+     */
+    uint32_t decode_plan_parts;
+    /**
+     * See `decode_plan_parts`.
+     */
+    uint32_t decode_plan_split;
 } dgq_cuda_gemm_config;
 
 /**
@@ -461,7 +488,8 @@ enum dgq_status dgq_quantize_acts_static(const float *x,
                                          size_t q_len);
 
 /**
- * The default GPU GEMM configuration (automatic kernel and split).
+ * The default GPU GEMM configuration: automatic kernel and split, programmatic dependent
+ * launch and the TMA-store epilogue on, no cap on the decode kernel's K parts per CTA.
  */
 struct dgq_cuda_gemm_config dgq_cuda_gemm_config_default(void);
 

@@ -4,8 +4,9 @@
 # benchmark with any arguments given. Logs and results go to $OUT (default: ./gpu-out).
 #
 # Usage: gpu-check.sh [dgq-gpu-bench args...]
-# Env:   VARIANTS  space-separated kernel variants to test, each a comma-separated list of
-#                  VAR=VALUE environment settings ("-" for the defaults). Default: "-".
+# Env:   VARIANTS  space-separated variants to test, each a comma-separated list of VAR=VALUE
+#                  environment settings ("-" for none). Default: "-". (The kernels' launch knobs
+#                  are GemmConfig fields, which the tests set themselves.)
 #        NO_BENCH  set to skip the benchmark.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"

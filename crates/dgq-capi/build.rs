@@ -5,7 +5,7 @@
 //! into the library so that programs record it (and not the build-tree name) as their dependency.
 
 /// Must equal `DGQ_ABI_VERSION` in src/lib.rs (a unit test checks it).
-const ABI_VERSION: u32 = 1;
+const ABI_VERSION: u32 = 2;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

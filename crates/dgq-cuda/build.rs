@@ -1,10 +1,12 @@
-//! Builds the CUDA kernels in `cuda/*.cu` with nvcc (through the `cc` crate) for sm_90a, links
-//! cudart statically and generates the FFI with bindgen from `cuda/include/dgq_kernels.h`.
+//! Builds the CUDA kernels in this crate's `cuda/*.cu` with nvcc for sm_90a, links cudart
+//! statically and generates the FFI with bindgen from `cuda/include/dgq_kernels.h`.
 //!
 //! nvcc is looked up in this order: `$DGQ_NVCC`, `$DGQ_CUDA_HOME/bin/nvcc`, the toolchain that
 //! `scripts/setup-toolchain.sh` installs (`${DGQ_CACHE:-$HOME/.cache/dgq}/toolchain`), then
-//! `nvcc` on `PATH`. Without nvcc (or libclang) the crate still builds, with a warning, and every
-//! call returns `Error::NotBuiltWithCuda`. `DGQ_NO_CUDA=1` forces that stub build.
+//! `nvcc` on `PATH`. Without the `cuda` feature, a build without nvcc (or libclang) still
+//! succeeds, with a warning, and every call returns `Error::NotBuiltWithCuda`; `DGQ_NO_CUDA=1`
+//! forces that stub build. With the `cuda` feature (what the `cuda` features of `dgq` and
+//! `dgq-capi` ask for), failing to build the kernels is a build error that says why.
 //!
 //! nvcc is slow, so the compiled archive is cached under `${DGQ_CACHE:-$HOME/.cache/dgq}/nvcc-build/`
 //! keyed by a hash of the sources, the flags and `nvcc --version`.
@@ -35,26 +37,45 @@ fn main() {
     }
     let manifest =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let cuda_dir = manifest.join("../../cuda");
+    let cuda_dir = manifest.join("cuda");
     println!("cargo:rerun-if-changed={}", cuda_dir.display());
+    let required = env::var_os("CARGO_FEATURE_CUDA").is_some();
 
     if env::var("DGQ_NO_CUDA").is_ok_and(|v| !v.is_empty() && v != "0") {
+        if required {
+            fail("DGQ_NO_CUDA is set, but the `cuda` feature asks for the CUDA kernels: unset one of them");
+        }
         warn("DGQ_NO_CUDA is set: building without CUDA kernels; every call returns Error::NotBuiltWithCuda");
         return;
     }
-    let Some(nvcc) = find_nvcc() else {
-        warn(
-            "nvcc not found (set DGQ_NVCC or DGQ_CUDA_HOME, or run scripts/setup-toolchain.sh): building without \
-             CUDA kernels; every call returns Error::NotBuiltWithCuda",
-        );
-        return;
+    let built = match find_nvcc() {
+        None => Err(
+            "nvcc not found (set DGQ_NVCC or DGQ_CUDA_HOME, or run scripts/setup-toolchain.sh and \
+             source its env.sh)"
+                .to_string(),
+        ),
+        Some(nvcc) => {
+            let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+            build(&nvcc, &cuda_dir, &out)
+        }
     };
-    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    if let Err(e) = build(&nvcc, &cuda_dir, &out) {
+    if let Err(e) = built {
+        if required {
+            fail(&format!(
+                "the `cuda` feature needs the CUDA kernels, but {e}"
+            ));
+        }
         warn(&format!(
             "{e}; building without CUDA kernels: every call returns Error::NotBuiltWithCuda"
         ));
     }
+}
+
+/// Stops the build with `msg` (the `cuda` feature was asked for and cannot be honoured).
+fn fail(msg: &str) -> ! {
+    eprintln!("error: dgq-cuda: {msg}");
+    println!("cargo:warning=dgq-cuda: {msg}");
+    std::process::exit(1);
 }
 
 fn warn(msg: &str) {

@@ -52,35 +52,58 @@ pub enum dgq_dtype {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum dgq_cuda_kernel {
-    /// The split-K decode kernel for small M, the tiled tensor-core kernel above.
+    /// The `decode` kernel for m <= 32, the `wgmma` kernel above.
     DGQ_CUDA_KERNEL_AUTO = 0,
-    /// The split-K decode kernel (small M only).
+    /// The memory-bound `decode` kernel (m <= 64 only).
     DGQ_CUDA_KERNEL_DECODE = 1,
-    /// The tiled tensor-core kernel (any M): Hopper `wgmma` where the shape allows, else
-    /// `mma.sync`.
-    DGQ_CUDA_KERNEL_PREFILL = 2,
-    /// The tiled `mma.sync` kernel (any M).
-    DGQ_CUDA_KERNEL_PREFILL_MMA = 3,
+    /// The persistent, warp-specialised Hopper `wgmma` kernel (any m).
+    DGQ_CUDA_KERNEL_WGMMA = 2,
+    /// The tiled `mma.sync` kernel (any m).
+    DGQ_CUDA_KERNEL_MMA = 3,
 }
 
-/// Tuning knobs of the GPU GEMM; `dgq_cuda_gemm_config_default()` is what callers normally want.
+/// How the GPU GEMM launches: the kernel and the tuning knobs. Start from
+/// `dgq_cuda_gemm_config_default()`, which is what callers normally want, and change fields;
+/// the knobs other than `kernel` and `split_k` exist for benchmarks (results stay bit-exact,
+/// only speed changes).
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct dgq_cuda_gemm_config {
     /// A `dgq_cuda_kernel` value. Default: `DGQ_CUDA_KERNEL_AUTO`.
     pub kernel: i32,
-    /// Split-K factor of the decode or `wgmma` kernel; 0 (default) lets the library choose
-    /// (capped by the workspace).
+    /// Split-K factor of the decode (one K part per CTA) or `wgmma` kernel; 0 (default) lets
+    /// the library choose (capped by the workspace).
     pub split_k: u32,
+    /// 1 (default): launch the decode and `wgmma` kernels with programmatic dependent launch
+    /// (the launch overlaps the previous kernel's tail); 0: without.
+    pub pdl: i32,
+    /// 1 (default): the `wgmma` kernel stores f16/bf16 output that is 16-byte aligned through
+    /// TMA; 0: per-thread stores.
+    pub wgmma_tma_store: i32,
+    /// At most this many K parts inside one decode CTA, >= 1 (1: every K part in its own
+    /// CTA). Default: 8, which caps nothing.
+    pub decode_max_cta_parts: u32,
+    /// With `decode_plan_split`, forces the decode plan: K parts per CTA (1, 2, 4 or 8; applied
+    /// where the token tile was compiled for it: 8 up to m = 16, 4 up to 32, 2 up to 64) and
+    /// CTAs along K. 0 and 0 (default): the library's plan.
+    pub decode_plan_parts: u32,
+    /// See `decode_plan_parts`.
+    pub decode_plan_split: u32,
 }
 
-/// The default GPU GEMM configuration (automatic kernel and split).
+/// The default GPU GEMM configuration: automatic kernel and split, programmatic dependent
+/// launch and the TMA-store epilogue on, no cap on the decode kernel's K parts per CTA.
 #[no_mangle]
 pub extern "C" fn dgq_cuda_gemm_config_default() -> dgq_cuda_gemm_config {
     dgq_cuda_gemm_config {
         kernel: dgq_cuda_kernel::DGQ_CUDA_KERNEL_AUTO as i32,
         split_k: 0,
+        pdl: 1,
+        wgmma_tma_store: 1,
+        decode_max_cta_parts: 8,
+        decode_plan_parts: 0,
+        decode_plan_split: 0,
     }
 }
 
@@ -132,14 +155,17 @@ pub unsafe extern "C" fn dgq_cuda_weight_upload(
     out: *mut *mut dgq_cuda_weight,
 ) -> dgq_status {
     guard(|| {
-        // SAFETY: caller's contract.
-        let mut out = unsafe { crate::args::out_ptr("out", out)? };
-        out.set(std::ptr::null_mut());
+        if !out.is_null() {
+            // SAFETY: caller's contract (`out` writable).
+            unsafe { out.write(std::ptr::null_mut()) };
+        }
         require_cuda()?;
-        // SAFETY: caller's contract.
-        let w = unsafe { crate::args::handle("w", w)? };
         #[cfg(feature = "cuda")]
         {
+            // SAFETY: caller's contract.
+            let mut out = unsafe { crate::args::out_ptr("out", out)? };
+            // SAFETY: caller's contract.
+            let w = unsafe { crate::args::handle("w", w)? };
             // SAFETY: caller's contract on `stream`.
             let dw = unsafe { imp::upload(w, device, stream)? };
             out.set(crate::args::into_handle(dgq_cuda_weight { inner: dw }));
@@ -147,7 +173,7 @@ pub unsafe extern "C" fn dgq_cuda_weight_upload(
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = (w, device, stream);
+            let _ = (w, device, stream, out);
             require_cuda()
         }
     })
@@ -446,17 +472,11 @@ pub(crate) enum Quant {
     Static(f32),
 }
 
-/// 16-bit float types of the C API, checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HalfType {
-    F16,
-    Bf16,
-}
-
-fn half_type(what: &str, v: i32) -> CResult<HalfType> {
+/// A `dgq_dtype` value, checked.
+fn half_type(what: &str, v: i32) -> CResult<dgq_dtype> {
     match v {
-        0 => Ok(HalfType::F16),
-        1 => Ok(HalfType::Bf16),
+        0 => Ok(dgq_dtype::DGQ_DTYPE_F16),
+        1 => Ok(dgq_dtype::DGQ_DTYPE_BF16),
         v => Err(Failure::invalid(format!("{what} = {v} is not a dgq_dtype"))),
     }
 }
@@ -470,6 +490,10 @@ fn device_ordinal(device: i32) -> CResult<usize> {
 pub(crate) struct Config {
     kernel: dgq_cuda_kernel,
     split_k: u32,
+    pdl: bool,
+    wgmma_tma_store: bool,
+    decode_max_cta_parts: u32,
+    decode_plan: Option<(u32, u32)>,
 }
 
 /// Reads an optional `dgq_cuda_gemm_config` (NULL: the default), rejecting unknown kernels.
@@ -487,17 +511,41 @@ unsafe fn read_config(config: *const dgq_cuda_gemm_config) -> CResult<Config> {
     let kernel = match c.kernel {
         0 => DGQ_CUDA_KERNEL_AUTO,
         1 => DGQ_CUDA_KERNEL_DECODE,
-        2 => DGQ_CUDA_KERNEL_PREFILL,
-        3 => DGQ_CUDA_KERNEL_PREFILL_MMA,
+        2 => DGQ_CUDA_KERNEL_WGMMA,
+        3 => DGQ_CUDA_KERNEL_MMA,
         v => {
             return Err(Failure::invalid(format!(
                 "config.kernel = {v} is not a dgq_cuda_kernel"
             )))
         }
     };
+    let flag = |what: &str, v: i32| match v {
+        0 => Ok(false),
+        1 => Ok(true),
+        v => Err(Failure::new(
+            dgq_status::DGQ_STATUS_INVALID_CONFIG,
+            format!("config.{what} = {v} must be 0 or 1"),
+        )),
+    };
+    let decode_plan = match (c.decode_plan_parts, c.decode_plan_split) {
+        (0, 0) => None,
+        (p, s) if p == 0 || s == 0 => {
+            return Err(Failure::new(
+                dgq_status::DGQ_STATUS_INVALID_CONFIG,
+                format!(
+                    "config.decode_plan_parts = {p} and decode_plan_split = {s}: both 0 or both set"
+                ),
+            ))
+        }
+        (p, s) => Some((p, s)),
+    };
     Ok(Config {
         kernel,
         split_k: c.split_k,
+        pdl: flag("pdl", c.pdl)?,
+        wgmma_tma_store: flag("wgmma_tma_store", c.wgmma_tma_store)?,
+        decode_max_cta_parts: c.decode_max_cta_parts,
+        decode_plan,
     })
 }
 
@@ -511,7 +559,7 @@ pub(crate) mod imp {
     use dgq_cuda::raw::{self, RawScales, RawWorkspace};
     use dgq_cuda::{Error, GemmConfig, KernelChoice, PreparedDgqWeight};
 
-    use super::{dgq_cuda_kernel, Config, HalfType, Quant, Scales};
+    use super::{dgq_cuda_kernel, dgq_dtype, Config, Quant, Scales};
     use crate::status::{dgq_status::*, CResult, Failure};
     use crate::weight::dgq_weight;
 
@@ -547,8 +595,13 @@ pub(crate) mod imp {
             Error::Shape { .. } => DGQ_STATUS_SHAPE_MISMATCH,
             Error::Misaligned { .. } | Error::WrongDevice { .. } => DGQ_STATUS_INVALID_ARGUMENT,
             Error::InvalidArgument {
-                what: "split_k", ..
+                what: "split_k" | "decode_max_cta_parts" | "decode_plan",
+                ..
             } => DGQ_STATUS_INVALID_CONFIG,
+            Error::InvalidArgument {
+                what: "launch plan",
+                ..
+            } => DGQ_STATUS_INTERNAL,
             Error::InvalidArgument { .. } => DGQ_STATUS_INVALID_ARGUMENT,
             Error::Layout(_) => DGQ_STATUS_INVALID_DATA,
             Error::Core(_) => {
@@ -568,17 +621,21 @@ pub(crate) mod imp {
             kernel: match c.kernel {
                 dgq_cuda_kernel::DGQ_CUDA_KERNEL_AUTO => KernelChoice::Auto,
                 dgq_cuda_kernel::DGQ_CUDA_KERNEL_DECODE => KernelChoice::Decode,
-                dgq_cuda_kernel::DGQ_CUDA_KERNEL_PREFILL => KernelChoice::Prefill,
-                dgq_cuda_kernel::DGQ_CUDA_KERNEL_PREFILL_MMA => KernelChoice::PrefillMma,
+                dgq_cuda_kernel::DGQ_CUDA_KERNEL_WGMMA => KernelChoice::Wgmma,
+                dgq_cuda_kernel::DGQ_CUDA_KERNEL_MMA => KernelChoice::Mma,
             },
             split_k: (c.split_k != 0).then_some(c.split_k),
+            pdl: c.pdl,
+            wgmma_tma_store: c.wgmma_tma_store,
+            decode_max_cta_parts: c.decode_max_cta_parts,
+            decode_plan: c.decode_plan,
         }
     }
 
-    fn half(t: HalfType) -> raw::HalfType {
+    fn half(t: dgq_dtype) -> raw::HalfType {
         match t {
-            HalfType::F16 => raw::HalfType::F16,
-            HalfType::Bf16 => raw::HalfType::Bf16,
+            dgq_dtype::DGQ_DTYPE_F16 => raw::HalfType::F16,
+            dgq_dtype::DGQ_DTYPE_BF16 => raw::HalfType::Bf16,
         }
     }
 
@@ -619,7 +676,7 @@ pub(crate) mod imp {
     pub(crate) unsafe fn gemm(
         w: &DeviceWeight,
         g: &Gemm,
-        epilogue: Option<(Scales, u64, u64, HalfType)>,
+        epilogue: Option<(Scales, u64, u64, dgq_dtype)>,
         c: &Config,
     ) -> CResult<()> {
         let (pw, cfg) = (w.get()?, config(c));
@@ -661,7 +718,7 @@ pub(crate) mod imp {
     pub(crate) struct Acts {
         pub device: usize,
         pub x: u64,
-        pub x_type: HalfType,
+        pub x_type: dgq_dtype,
         pub m: usize,
         pub k: usize,
         pub smooth: u64,

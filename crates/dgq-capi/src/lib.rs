@@ -44,7 +44,7 @@ pub use weight::*;
 /// Version of the C ABI. Incremented on every incompatible change of `dgq.h` (function
 /// signatures, struct layouts, enum values); it is also the shared library's soname major
 /// (`libdgq.so.<DGQ_ABI_VERSION>`). Compare with `dgq_abi_version()` at run time.
-pub const DGQ_ABI_VERSION: u32 = 1;
+pub const DGQ_ABI_VERSION: u32 = 2;
 
 /// Rank limit of `dgq_layer_info.shape`; higher-rank tensors report their true `ndim` and the
 /// first `DGQ_MAX_DIMS` extents.

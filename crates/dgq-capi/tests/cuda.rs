@@ -105,6 +105,7 @@ fn gcfg(kernel: dgq_cuda_kernel, split_k: u32) -> dgq_cuda_gemm_config {
     dgq_cuda_gemm_config {
         kernel: kernel as i32,
         split_k,
+        ..dgq_cuda_gemm_config_default()
     }
 }
 
@@ -137,8 +138,8 @@ fn gemm_i32_is_bit_exact_with_caller_memory_and_stream() {
     let configs = |m: usize| {
         let mut c = vec![
             dgq_cuda_gemm_config_default(),
-            gcfg(DGQ_CUDA_KERNEL_PREFILL, 0),
-            gcfg(DGQ_CUDA_KERNEL_PREFILL_MMA, 0),
+            gcfg(DGQ_CUDA_KERNEL_WGMMA, 0),
+            gcfg(DGQ_CUDA_KERNEL_MMA, 0),
             gcfg(DGQ_CUDA_KERNEL_AUTO, 2),
         ];
         if m <= 64 {
@@ -507,13 +508,52 @@ fn bad_input_gets_the_right_status_and_launches_nothing() {
     );
     let bad_kernel = dgq_cuda_gemm_config {
         kernel: 9,
-        split_k: 0,
+        ..dgq_cuda_gemm_config_default()
     };
     fails(
         gemm(xp, m, sxp, m, 0, op, f16t, &bad_kernel, 0, 0),
         DGQ_STATUS_INVALID_ARGUMENT,
         "kernel",
     );
+    // Launch knobs: flags are 0 or 1, a forced decode plan has both fields, the cap is >= 1.
+    for (bad, what) in [
+        (dgq_cuda_gemm_config { pdl: 2, ..def }, "pdl"),
+        (
+            dgq_cuda_gemm_config {
+                wgmma_tma_store: -1,
+                ..def
+            },
+            "wgmma_tma_store",
+        ),
+        (
+            dgq_cuda_gemm_config {
+                decode_plan_parts: 2,
+                ..def
+            },
+            "decode_plan",
+        ),
+        (
+            dgq_cuda_gemm_config {
+                decode_plan_parts: 3,
+                decode_plan_split: 1,
+                ..def
+            },
+            "decode_plan",
+        ),
+        (
+            dgq_cuda_gemm_config {
+                decode_max_cta_parts: 0,
+                ..def
+            },
+            "decode_max_cta_parts",
+        ),
+    ] {
+        fails(
+            gemm(xp, m, sxp, m, 0, op, f16t, &bad, 0, 0),
+            DGQ_STATUS_INVALID_CONFIG,
+            what,
+        );
+    }
     let big_split = gcfg(DGQ_CUDA_KERNEL_DECODE, 1000);
     fails(
         gemm(xp, m, sxp, m, 0, op, f16t, &big_split, 0, 0),

@@ -3,6 +3,9 @@
 //! wrappers return [`Error::NotBuiltWithCuda`].
 
 use crate::error::{Error, Result};
+#[cfg(dgq_cuda_built)]
+use crate::plan::Kernel;
+use crate::plan::Plan;
 
 #[cfg(dgq_cuda_built)]
 #[allow(
@@ -41,9 +44,6 @@ pub(crate) struct GemmLaunch {
     pub ws_partials_len: usize,
     pub ws_counters: u64,
     pub ws_counters_len: usize,
-    pub kernel: i32,
-    pub split_k: i32,
-    pub num_sms: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +81,7 @@ fn status(code: i32) -> Result<()> {
 /// # Safety
 /// Every pointer must be a live device allocation of the documented size on the stream's device.
 #[cfg(dgq_cuda_built)]
-pub(crate) unsafe fn gemm(a: &GemmLaunch, stream: *mut std::ffi::c_void) -> Result<()> {
+pub(crate) unsafe fn gemm(a: &GemmLaunch, p: &Plan, stream: *mut std::ffi::c_void) -> Result<()> {
     let args = sys::DgqGemmArgs {
         x: a.x as *const i8,
         wq: a.wq as *const u8,
@@ -104,16 +104,33 @@ pub(crate) unsafe fn gemm(a: &GemmLaunch, stream: *mut std::ffi::c_void) -> Resu
         ws_partials_len: a.ws_partials_len,
         ws_counters: a.ws_counters as *mut u32,
         ws_counters_len: a.ws_counters_len,
-        kernel: a.kernel,
-        split_k: a.split_k,
-        num_sms: a.num_sms,
+    };
+    let b = |v: bool| v as i32;
+    let plan = sys::DgqGemmPlan {
+        kernel: match p.kernel {
+            Kernel::Decode => sys::DgqGemmKernel::DGQ_GEMM_DECODE as i32,
+            Kernel::Mma => sys::DgqGemmKernel::DGQ_GEMM_MMA as i32,
+            Kernel::Wgmma => sys::DgqGemmKernel::DGQ_GEMM_WGMMA as i32,
+        },
+        bm: p.bm as i32,
+        parts: p.parts as i32,
+        split: p.split as i32,
+        per: p.per as i32,
+        grid: p.grid as i32,
+        smem: p.smem as i32,
+        pdl: b(p.pdl),
+        tma_store: b(p.tma_store),
     };
     // SAFETY: forwarded from the caller.
-    status(unsafe { sys::dgq_w4a8_gemm(&args, stream) })
+    status(unsafe { sys::dgq_w4a8_gemm(&args, &plan, stream) })
 }
 
 #[cfg(not(dgq_cuda_built))]
-pub(crate) unsafe fn gemm(_a: &GemmLaunch, _stream: *mut std::ffi::c_void) -> Result<()> {
+pub(crate) unsafe fn gemm(
+    _a: &GemmLaunch,
+    _p: &Plan,
+    _stream: *mut std::ffi::c_void,
+) -> Result<()> {
     Err(Error::NotBuiltWithCuda)
 }
 
@@ -157,19 +174,18 @@ pub(crate) unsafe fn ping(_out: u64, _stream: *mut std::ffi::c_void) -> Result<(
     Err(Error::NotBuiltWithCuda)
 }
 
-/// Workspace (int32 partials, u32 counters, in elements) the kernel heuristics want for one
-/// GEMM shape; (0, 0) without CUDA.
-pub(crate) fn workspace_len(m: i32, n: i32, k: i32, num_sms: i32) -> (usize, usize) {
+/// Resident decode CTAs per SM for `token_tiles` 8-token tiles and `parts` K parts on the
+/// current device (0 without CUDA or for a pair that is not compiled).
+pub(crate) fn decode_ctas_per_sm(token_tiles: u32, parts: u32) -> u32 {
     #[cfg(dgq_cuda_built)]
     {
-        let (mut parts, mut counters) = (0usize, 0usize);
-        // SAFETY: pure host function writing two size_t outputs.
-        unsafe { sys::dgq_w4a8_workspace_len(m, n, k, num_sms, &mut parts, &mut counters) };
-        (parts, counters)
+        // SAFETY: a host function querying the occupancy of a compiled kernel.
+        let r = unsafe { sys::dgq_decode_ctas_per_sm(token_tiles as i32, parts as i32) };
+        r.max(0) as u32
     }
     #[cfg(not(dgq_cuda_built))]
     {
-        let _ = (m, n, k, num_sms);
-        (0, 0)
+        let _ = (token_tiles, parts);
+        0
     }
 }

@@ -30,9 +30,9 @@ use crate::error::{Error, Result};
 pub const CHUNK_K: usize = 64;
 /// Rows per prepared tile (the mma M dimension).
 pub const TILE_N: usize = 16;
-/// N must be a multiple of this for the GEMM kernels (prefill CTA tile).
+/// N must be a multiple of this for the GEMM kernels (the mma and wgmma CTA tile).
 pub const GEMM_N_MULTIPLE: usize = 128;
-/// K must be a multiple of this for the GEMM kernels (prefill pipeline stage).
+/// K must be a multiple of this for the GEMM kernels (the mma and wgmma pipeline stage).
 pub const GEMM_K_MULTIPLE: usize = 128;
 
 /// DGQ weights in the kernel layout, on the host (see the module docs).

@@ -12,20 +12,20 @@
 //!   `s_x[m]·s1[n]` epilogue and optional bias; [`w4a8_gemm_i32`] returns the exact INT32
 //!   accumulators. u4 weights stay u4 in device memory and are expanded to int8 in registers
 //!   inside the main loop; the products run on INT8 tensor cores: `mma.sync` m16n8k32 in the
-//!   split-K decode kernel (chosen for M ≤ 32; up to M = 64 on request), `wgmma`
-//!   m64n{64,128,256}k32 with the weights as the register operand in the persistent,
-//!   warp-specialised prefill kernel. Both are launched with programmatic dependent launch (their
-//!   launch overlaps the previous kernel's tail; they wait for it before touching memory);
-//!   `DGQ_NO_PDL=1` turns that off. For benchmark sweeps, `DGQ_DECODE_CTA_PARTS=n` caps the K
-//!   parts inside a decode CTA and `DGQ_DECODE_PLAN=parts,split` forces the decode plan (both
-//!   read once per process; results stay bit-exact, only speed changes).
+//!   `decode` kernel (chosen for M ≤ 32; up to M = 64 on request) and in the tiled `mma` kernel,
+//!   `wgmma` m64n{64,128,256}k32 with the weights as the register operand in the persistent,
+//!   warp-specialised `wgmma` kernel (chosen above M = 32). The decode and wgmma kernels are
+//!   launched with programmatic dependent launch (their launch overlaps the previous kernel's
+//!   tail; they wait for it before touching memory). How each GEMM launches is a [`plan::Plan`]
+//!   made on the host from the shape, the device's [`plan::DeviceLimits`] and the
+//!   [`GemmConfig`], whose knobs (PDL, the TMA-store epilogue, the decode plan) exist for
+//!   benchmark sweeps: results stay bit-exact, only speed changes.
 //!
 //! - [`raw`]: the same operations on raw device addresses and a caller's `CUstream` (for the C
 //!   ABI), with the same checks, plus a workspace-size query and caller-provided workspace.
 //!
 //! Every launch is enqueued on the caller's stream; nothing synchronises and nothing allocates
-//! in the hot path (split-K partial sums and the prefill kernel's copy of the activations live in
-//! an explicit [`GemmWorkspace`]).
+//! in the hot path (split-K partial sums live in an explicit [`GemmWorkspace`]).
 //!
 //! Supported shapes: any `M ≥ 1`; `N % 128 == 0`; `K % 128 == 0`; group size a multiple of 64
 //! dividing K. Anything else is a typed [`Error`] before launch. Built without nvcc, every call
@@ -34,6 +34,7 @@
 pub mod error;
 mod ffi;
 pub mod layout;
+pub mod plan;
 pub mod raw;
 
 use std::sync::Arc;
@@ -46,8 +47,8 @@ pub use error::{Error, Result};
 pub use ffi::BUILT_WITH_CUDA;
 pub use layout::{prepare_host, unprepare_host, PreparedHost};
 
-/// Largest M the decode (split-K) kernel handles; larger M uses the tiled kernel.
-pub const DECODE_MAX_M: usize = 64;
+/// Largest M the decode kernel handles; larger M uses a tiled kernel.
+pub const DECODE_MAX_M: usize = plan::DECODE_MAX_M;
 
 /// Facts about the device the kernels need.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,8 @@ pub struct DeviceInfo {
     pub name: String,
     /// Streaming multiprocessors.
     pub num_sms: i32,
+    /// What the launch plans read about the device.
+    pub limits: plan::DeviceLimits,
 }
 
 /// Opens device `ordinal` and checks that the kernels can run on it (built with CUDA, driver
@@ -89,13 +92,33 @@ pub fn device_info(ctx: &CudaContext) -> Result<DeviceInfo> {
     if (major, minor) != (9, 0) {
         return Err(Error::UnsupportedDevice { name, major, minor });
     }
-    let num_sms = ctx.attribute(
-        cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-    )?;
+    use cudarc::driver::sys::CUdevice_attribute as A;
+    let num_sms = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let smem = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?;
+    let sms = u32::try_from(num_sms)
+        .ok()
+        .filter(|&v| v > 0)
+        .ok_or_else(|| Error::NoDevice(format!("{name} reports {num_sms} multiprocessors")))?;
+    // The occupancy queries run on the thread's current context.
+    ctx.bind_to_thread()?;
+    let mut ctas = [[0u32; 4]; 4];
+    for nt in [1u32, 2, 4, 8] {
+        let mut parts = 1;
+        while parts <= plan::decode_max_parts(nt) {
+            ctas[plan::token_tile_slot(nt)][plan::parts_slot(parts)] =
+                ffi::decode_ctas_per_sm(nt, parts);
+            parts *= 2;
+        }
+    }
     Ok(DeviceInfo {
         ordinal: ctx.ordinal(),
         name,
         num_sms,
+        limits: plan::DeviceLimits {
+            num_sms: sms,
+            smem_per_sm: u32::try_from(smem).unwrap_or(0),
+            decode_ctas_per_sm: ctas,
+        },
     })
 }
 
@@ -147,7 +170,7 @@ pub struct PreparedDgqWeight {
     k: usize,
     group_size: usize,
     ordinal: usize,
-    num_sms: i32,
+    limits: plan::DeviceLimits,
     wq: CudaSlice<u8>,
     meta: CudaSlice<u32>,
     qmin: CudaSlice<u8>,
@@ -183,7 +206,7 @@ impl PreparedDgqWeight {
             k: h.k,
             group_size: h.group_size,
             ordinal: info.ordinal,
-            num_sms: info.num_sms,
+            limits: info.limits,
             wq: stream.clone_htod(&h.wq)?,
             meta: stream.clone_htod(&h.meta)?,
             qmin: stream.clone_htod(&h.qmin)?,
@@ -234,7 +257,11 @@ impl PreparedDgqWeight {
     }
     /// Streaming multiprocessors of that device (the kernels' heuristics use it).
     pub fn num_sms(&self) -> i32 {
-        self.num_sms
+        self.limits.num_sms as i32
+    }
+    /// What the launch plans read about that device.
+    pub fn limits(&self) -> &plan::DeviceLimits {
+        &self.limits
     }
 
     /// Moves ownership of the device buffers to `owner` (no copy): they are freed in its stream
@@ -290,6 +317,17 @@ impl GemmWorkspace {
         shapes: &[(usize, usize)],
         max_m: usize,
     ) -> Result<Self> {
+        Self::for_config(stream, shapes, max_m, &GemmConfig::default())
+    }
+
+    /// As [`GemmWorkspace::for_shapes_up_to`] for the plans of `cfg`'s decode knobs (with the
+    /// automatic kernel choice).
+    pub fn for_config(
+        stream: &Arc<CudaStream>,
+        shapes: &[(usize, usize)],
+        max_m: usize,
+        cfg: &GemmConfig,
+    ) -> Result<Self> {
         if !BUILT_WITH_CUDA {
             return Err(Error::NotBuiltWithCuda);
         }
@@ -299,7 +337,7 @@ impl GemmWorkspace {
         for &(n, k) in shapes {
             layout::check_supported(n, k, layout::CHUNK_K)?;
             for m in 1..=max_m {
-                let (p, c) = ffi::workspace_len(m as i32, n as i32, k as i32, info.num_sms);
+                let (p, c) = plan::workspace_len(m, n, k, cfg, &info.limits);
                 partials = partials.max(p);
                 counters = counters.max(c);
             }
@@ -332,30 +370,57 @@ impl GemmWorkspace {
     }
 }
 
-/// Which GEMM kernel to run.
+/// Which GEMM kernel to run (the C ABI's `dgq_cuda_kernel`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KernelChoice {
-    /// Decode kernel for M ≤ 32, and for M ≤ [`DECODE_MAX_M`] when N has fewer 256-channel blocks
-    /// than half the SMs; tiled kernel otherwise.
+    /// The `decode` kernel for M ≤ 32 ([`plan::AUTO_DECODE_MAX_M`]), the `wgmma` kernel above
+    /// (every supported N is a multiple of its 128-channel tile).
     #[default]
     Auto,
-    /// The split-K decode kernel (M ≤ [`DECODE_MAX_M`]).
+    /// The memory-bound `decode` kernel (M ≤ [`DECODE_MAX_M`]): `mma.sync`, K split inside and
+    /// across CTAs.
     Decode,
-    /// The tiled tensor-core kernel (any M): the warp-specialised Hopper `wgmma` kernel (every
-    /// supported N is a multiple of its 128-channel tile).
-    Prefill,
+    /// The persistent, warp-specialised Hopper `wgmma` kernel (any M).
+    Wgmma,
     /// The tiled `mma.sync` kernel (any M).
-    PrefillMma,
+    Mma,
 }
 
-/// Tuning knobs of [`w4a8_gemm`]; the defaults are what callers normally want.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How a GEMM launches: the kernel and the tuning knobs. [`GemmConfig::default`] is what
+/// callers normally want; the other values exist for benchmarks and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GemmConfig {
-    /// Kernel selection.
+    /// Kernel selection. Default: [`KernelChoice::Auto`].
     pub kernel: KernelChoice,
-    /// Split-K factor of the decode or `wgmma` kernel (`None`: heuristic; capped by the
-    /// workspace).
+    /// Split-K factor of the decode (one K part per CTA) or `wgmma` kernel (`None`, the default:
+    /// the plan's; capped by the workspace).
     pub split_k: Option<u32>,
+    /// Programmatic dependent launch for the decode and `wgmma` kernels: their launch overlaps
+    /// the previous kernel's tail. Default: on.
+    pub pdl: bool,
+    /// TMA-store epilogue of the `wgmma` kernel for f16/bf16 output that is 16-byte aligned
+    /// (H100: 4096² M = 4096 110.8 vs 120.8 µs with per-thread stores). Default: on.
+    pub wgmma_tma_store: bool,
+    /// At most this many K parts inside one decode CTA (1: every K part in its own CTA). Default:
+    /// 8, which caps nothing.
+    pub decode_max_cta_parts: u32,
+    /// Forces the decode plan to (K parts per CTA, CTAs along K) where the parts are a power of
+    /// two the token tile was compiled for (8 up to M = 16, 4 up to 32, 2 up to 64; other M
+    /// keep the plan's), for sweeps. Default: `None`. `split_k` takes precedence.
+    pub decode_plan: Option<(u32, u32)>,
+}
+
+impl Default for GemmConfig {
+    fn default() -> Self {
+        GemmConfig {
+            kernel: KernelChoice::Auto,
+            split_k: None,
+            pdl: true,
+            wgmma_tma_store: true,
+            decode_max_cta_parts: 8,
+            decode_plan: None,
+        }
+    }
 }
 
 /// Activation scales of a [`w4a8_gemm`] call, on the device.
@@ -468,7 +533,7 @@ pub(crate) fn gemm_checked(
         Some((_, Some(len), false)) => check_len("per-tensor scale", 1, len)?,
         _ => {}
     }
-    let split_k = check_split_k(k, cfg)?;
+    check_config(k, cfg)?;
     check_align("x", ops.x, 16)?;
     check_align(
         "out",
@@ -506,31 +571,55 @@ pub(crate) fn gemm_checked(
         ws_partials_len: ops.ws.1,
         ws_counters: ops.ws.2,
         ws_counters_len: ops.ws.3,
-        kernel: match cfg.kernel {
-            KernelChoice::Auto => 0,
-            KernelChoice::Decode => 1,
-            KernelChoice::Prefill => 2,
-            KernelChoice::PrefillMma => 3,
-        },
-        split_k,
-        num_sms: w.num_sms,
     };
+    let ws = plan::WorkspaceCapacity {
+        partials: if ops.ws.0 == 0 { 0 } else { ops.ws.1 },
+        partials_aligned: ops.ws.0 != 0 && ops.ws.0 % 16 == 0,
+        counters: if ops.ws.2 == 0 { 0 } else { ops.ws.3 },
+    };
+    let p = plan::plan(m, n, k, cfg, &w.limits, &ws);
+    if let Some(reason) = plan::plan_error(m, n, k, &p, &ws) {
+        return Err(Error::InvalidArgument {
+            what: "launch plan",
+            reason,
+        });
+    }
     // SAFETY: the weight's pointers come from its live allocations; the operands' lengths were
     // checked above against the shapes the kernel indexes where they are known, and are the
     // caller's contract where they are not (raw API); the stream belongs to the weight's device.
-    unsafe { ffi::gemm(&launch, stream.cu_stream() as *mut _) }
+    unsafe { ffi::gemm(&launch, &p, stream.cu_stream() as *mut _) }
 }
 
-/// The split-K launch value of `cfg` (0: heuristic), validated against K.
-fn check_split_k(k: usize, cfg: &GemmConfig) -> Result<i32> {
-    match cfg.split_k {
-        Some(s) if s == 0 || s as usize > k / layout::CHUNK_K => Err(Error::InvalidArgument {
-            what: "split_k",
-            reason: format!("must be in 1..={}, got {s}", k / layout::CHUNK_K),
-        }),
-        Some(s) => Ok(s as i32),
-        None => Ok(0),
+/// Checks `cfg`'s values against K: the split-K factor, the decode CTA cap and a forced
+/// decode plan.
+fn check_config(k: usize, cfg: &GemmConfig) -> Result<()> {
+    let kc = k / layout::CHUNK_K;
+    if let Some(s) = cfg.split_k {
+        if s == 0 || s as usize > kc {
+            return Err(Error::InvalidArgument {
+                what: "split_k",
+                reason: format!("must be in 1..={kc}, got {s}"),
+            });
+        }
     }
+    if cfg.decode_max_cta_parts == 0 {
+        return Err(Error::InvalidArgument {
+            what: "decode_max_cta_parts",
+            reason: "must be at least 1".into(),
+        });
+    }
+    if let Some((parts, split)) = cfg.decode_plan {
+        if !matches!(parts, 1 | 2 | 4 | 8) || split == 0 || split as usize > kc {
+            return Err(Error::InvalidArgument {
+                what: "decode_plan",
+                reason: format!(
+                    "(parts, split) must have parts in {{1, 2, 4, 8}} and split in 1..={kc}, \
+                     got ({parts}, {split})"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -24,8 +24,8 @@ use dgq_core::DualGrainedWeight;
 
 use crate::error::{Error, Result};
 use crate::{
-    ffi, gemm_checked, layout, open_device, quant_checked, GemmConfig, GemmOperands, KernelChoice,
-    PreparedDgqWeight, QuantOperands, BUILT_WITH_CUDA,
+    ffi, gemm_checked, layout, open_device, plan, quant_checked, GemmConfig, GemmOperands,
+    KernelChoice, PreparedDgqWeight, QuantOperands, BUILT_WITH_CUDA,
 };
 
 /// A CUDA stream handle (`CUstream`, interchangeable with the runtime's `cudaStream_t`); null
@@ -42,13 +42,12 @@ pub const WORKSPACE_COUNTERS: usize = 4096;
 /// aligned runs without split-K (correct, but slower for small M).
 pub const WORKSPACE_ALIGN: usize = 4;
 
-// Tile shapes of the kernels in cuda/gemm.cu and cuda/gemm_ws.cuh (kDecodeRows, kWsBN, the
-// largest token tile, kChunkK·kWsChunks, the fewest stages per split), needed to size the
-// workspace of a non-default configuration.
-const DECODE_ROWS: usize = 64;
-const WG_BN: usize = 128;
+// Tile shapes of the kernels (plan.rs; the largest wgmma token tile and the fewest stages per
+// split), needed to bound the workspace of a non-default configuration.
+const DECODE_ROWS: usize = plan::DECODE_ROWS;
+const WG_BN: usize = plan::WGMMA_BN;
 const WG_BM_MAX: usize = 256;
-const WG_BK: usize = 128;
+const WG_BK: usize = plan::WGMMA_BK;
 const WG_MIN_STAGES_PER_SPLIT: usize = 4;
 // Upper bound of resident decode CTAs (128 threads) per SM: 2048 threads per SM on sm_90.
 const DECODE_MAX_CTAS_PER_SM: usize = 16;
@@ -212,15 +211,13 @@ pub fn gemm_workspace_bytes(w: &PreparedDgqWeight, m: usize, cfg: &GemmConfig) -
             ),
         ));
     }
-    crate::check_split_k(k, cfg)?;
+    crate::check_config(k, cfg)?;
     let sms = w.num_sms().max(1) as usize;
-    // Automatic choices: the kernels' own sizing of the split-K partials.
+    // Automatic choices: the plans' own sizing of the split-K partials.
     let auto_parts = match (cfg.kernel, cfg.split_k) {
-        (KernelChoice::Auto, None) => {
-            Some(ffi::workspace_len(m as i32, n as i32, k as i32, sms as i32).0)
-        }
-        (KernelChoice::Decode, None) if m <= 32 => {
-            Some(ffi::workspace_len(m as i32, n as i32, k as i32, sms as i32).0)
+        (KernelChoice::Auto, None) => Some(plan::workspace_len(m, n, k, cfg, w.limits()).0),
+        (KernelChoice::Decode, None) if plan::auto_decode(m) => {
+            Some(plan::workspace_len(m, n, k, cfg, w.limits()).0)
         }
         _ => None,
     };
@@ -254,22 +251,22 @@ fn preferred_split(m: usize, n: usize, k: usize, sms: usize, cfg: &GemmConfig) -
     let kc = k / layout::CHUNK_K;
     let wgmma_ok = n % WG_BN == 0;
     match (cfg.kernel, cfg.split_k) {
-        (KernelChoice::PrefillMma, _) => 1,
-        (KernelChoice::Prefill, _) if !wgmma_ok => 1,
+        (KernelChoice::Mma, _) => 1,
+        (KernelChoice::Wgmma, _) if !wgmma_ok => 1,
         // Sized by the kernels themselves in gemm_workspace_bytes.
         (KernelChoice::Auto, None) => 1,
         (KernelChoice::Decode, None) => {
             let slots = sms * DECODE_MAX_CTAS_PER_SM;
             (slots / (n / DECODE_ROWS)).max(1).min((kc / 8).max(1))
         }
-        (KernelChoice::Prefill, None) => {
+        (KernelChoice::Wgmma, None) => {
             // Fewest tiles (the largest token tile) give an upper bound of the split.
             let tiles = (n / WG_BN) * m.div_ceil(WG_BM_MAX);
             (sms / tiles.max(1))
                 .max(1)
                 .min((k / WG_BK / WG_MIN_STAGES_PER_SPLIT).max(1))
         }
-        (KernelChoice::Prefill, Some(s)) => (s as usize).min(k / WG_BK),
+        (KernelChoice::Wgmma, Some(s)) => (s as usize).min(k / WG_BK),
         (KernelChoice::Decode | KernelChoice::Auto, Some(s)) => (s as usize).min(kc),
     }
 }
@@ -543,15 +540,19 @@ mod tests {
 
     #[test]
     fn preferred_split_respects_kernel_limits() {
-        let cfg = |kernel, split_k| GemmConfig { kernel, split_k };
+        let cfg = |kernel, split_k| GemmConfig {
+            kernel,
+            split_k,
+            ..GemmConfig::default()
+        };
         // The mma.sync kernel never splits K; the wgmma one takes any N % 128 == 0 and keeps
         // at least 4 stages (K = 512) per split: 3 tiles, K = 4096 gives at most 8 splits.
         assert_eq!(
-            preferred_split(7, 4096, 4096, 132, &cfg(KernelChoice::PrefillMma, Some(4))),
+            preferred_split(7, 4096, 4096, 132, &cfg(KernelChoice::Mma, Some(4))),
             1
         );
         assert_eq!(
-            preferred_split(7, 384, 4096, 132, &cfg(KernelChoice::Prefill, None)),
+            preferred_split(7, 384, 4096, 132, &cfg(KernelChoice::Wgmma, None)),
             8
         );
         // Explicit splits are capped by the K chunks each kernel splits over.
@@ -560,12 +561,12 @@ mod tests {
             4
         );
         assert_eq!(
-            preferred_split(7, 4096, 256, 132, &cfg(KernelChoice::Prefill, Some(4))),
+            preferred_split(7, 4096, 256, 132, &cfg(KernelChoice::Wgmma, Some(4))),
             2
         );
         // Heuristic wgmma split bound: 32 tiles of 128 channels on 132 SMs give 4 splits.
         assert_eq!(
-            preferred_split(7, 4096, 8192, 132, &cfg(KernelChoice::Prefill, None)),
+            preferred_split(7, 4096, 8192, 132, &cfg(KernelChoice::Wgmma, None)),
             4
         );
         // The decode kernel asked for at 32 < M ≤ 64: its heuristic split bound.

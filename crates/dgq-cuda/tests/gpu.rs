@@ -64,31 +64,43 @@ fn check_i32(s: &Arc<CudaStream>, c: &mut Case, m: usize, seed: u64) {
     let mut cfgs = vec![
         GemmConfig::default(),
         GemmConfig {
-            kernel: KernelChoice::Prefill,
+            kernel: KernelChoice::Wgmma,
             split_k: None,
+            ..GemmConfig::default()
         },
     ];
+    // The launch knobs change only speed: every one of them off or forced.
+    cfgs.push(GemmConfig {
+        pdl: false,
+        wgmma_tma_store: false,
+        decode_max_cta_parts: 1,
+        ..GemmConfig::default()
+    });
+    cfgs.push(GemmConfig {
+        decode_plan: Some((2, 3.min(k as u32 / 64))),
+        ..GemmConfig::default()
+    });
     if m <= DECODE_MAX_M {
         cfgs.push(GemmConfig {
             kernel: KernelChoice::Decode,
             split_k: Some(1),
+            ..GemmConfig::default()
         });
         cfgs.push(GemmConfig {
             kernel: KernelChoice::Decode,
             split_k: Some(3.min(k as u32 / 64)),
+            ..GemmConfig::default()
         });
     }
     // A workspace without room for scratch: nothing splits K, so the wgmma kernel writes every
     // tile's epilogue itself even where the heuristic would split.
     let mut tiny = GemmWorkspace::with_capacity(s, 1, 1).unwrap();
-    let prefill = GemmConfig {
-        kernel: KernelChoice::Prefill,
+    let wgmma = GemmConfig {
+        kernel: KernelChoice::Wgmma,
         split_k: None,
+        ..GemmConfig::default()
     };
-    let runs = cfgs
-        .into_iter()
-        .map(|c| (c, false))
-        .chain([(prefill, true)]);
+    let runs = cfgs.into_iter().map(|c| (c, false)).chain([(wgmma, true)]);
     for (cfg, small) in runs {
         // Poison so that unwritten outputs cannot pass.
         let mut out = s.clone_htod(&vec![0x7f7f_7f7fi32; m * n]).unwrap();
@@ -274,10 +286,21 @@ fn gemm_float_epilogue_is_bit_exact() {
         // channel pairs with 4-byte stores (offset 2), one value at a time (offset 1).
         let want = ref_gemm_f32(&x, m, sx.clone(), &w, Some(&bias[..]));
         let one_split = GemmConfig {
-            kernel: KernelChoice::Prefill,
+            kernel: KernelChoice::Wgmma,
             split_k: Some(1),
+            ..GemmConfig::default()
         };
-        for offset in [0usize, 1, 2] {
+        let per_thread_stores = GemmConfig {
+            wgmma_tma_store: false,
+            ..one_split
+        };
+        // Offset 0 once more with the TMA-store epilogue turned off.
+        for (offset, cfg) in [
+            (0usize, one_split),
+            (1, one_split),
+            (2, one_split),
+            (0, per_thread_stores),
+        ] {
             let mut big = s.clone_htod(&vec![f16::NAN; m * n + 2]).unwrap();
             let mut ov = big.slice_mut(offset..offset + m * n);
             w4a8_gemm(
@@ -289,12 +312,15 @@ fn gemm_float_epilogue_is_bit_exact() {
                 Some(&bias_d),
                 &mut ov,
                 &mut ws,
-                &one_split,
+                &cfg,
             )
             .unwrap();
             let host = s.clone_dtoh(&big).unwrap();
             exact_check(
-                &format!("f16 M={m} split 1, output offset {offset}"),
+                &format!(
+                    "f16 M={m} split 1, output offset {offset}, TMA store {}",
+                    cfg.wgmma_tma_store
+                ),
                 &host[offset..offset + m * n],
                 &want,
                 f16::from_f32,
@@ -539,6 +565,7 @@ fn bad_input_is_a_typed_error_and_launches_nothing() {
     let dec = GemmConfig {
         kernel: KernelChoice::Decode,
         split_k: None,
+        ..GemmConfig::default()
     };
     assert!(matches!(
         w4a8_gemm_i32(&s, &xb, big_m, &pw, &mut ob, &mut ws, &dec),
@@ -547,6 +574,7 @@ fn bad_input_is_a_typed_error_and_launches_nothing() {
     let bad_split = GemmConfig {
         kernel: KernelChoice::Decode,
         split_k: Some(0),
+        ..GemmConfig::default()
     };
     assert!(matches!(
         w4a8_gemm_i32(&s, &xv, m, &pw, &mut out, &mut ws, &bad_split),

@@ -469,6 +469,24 @@ static void test_cuda(const dgq_weight *w) {
     TRUE_OR_FAIL(cw == NULL);
     dgq_cuda_gemm_config gc = dgq_cuda_gemm_config_default();
     TRUE_OR_FAIL(gc.kernel == DGQ_CUDA_KERNEL_AUTO && gc.split_k == 0);
+    TRUE_OR_FAIL(gc.pdl == 1 && gc.wgmma_tma_store == 1 && gc.decode_max_cta_parts == 8);
+    TRUE_OR_FAIL(gc.decode_plan_parts == 0 && gc.decode_plan_split == 0);
+    /* Unsupported comes before any argument check: NULL out, bad device, dtype, m and config. */
+    EXPECT(dgq_cuda_weight_upload(NULL, -1, NULL, NULL), DGQ_STATUS_UNSUPPORTED, "CUDA");
+    EXPECT(dgq_cuda_gemm_workspace_size(NULL, 0, NULL, NULL), DGQ_STATUS_UNSUPPORTED, "CUDA");
+    {
+        dgq_cuda_gemm_config bad = gc;
+        bad.kernel = 99;
+        bad.pdl = 7;
+        EXPECT(dgq_cuda_w4a8_gemm(NULL, NULL, 0, NULL, 5, NULL, NULL, 42, &bad, NULL, 3, NULL),
+               DGQ_STATUS_UNSUPPORTED, "CUDA");
+        EXPECT(dgq_cuda_w4a8_gemm_i32(NULL, NULL, 0, NULL, &bad, NULL, 3, NULL), DGQ_STATUS_UNSUPPORTED,
+               "CUDA");
+    }
+    EXPECT(dgq_cuda_quantize_acts_per_token(-1, NULL, 9, 0, 3, NULL, NULL, NULL, NULL), DGQ_STATUS_UNSUPPORTED,
+           "CUDA");
+    EXPECT(dgq_cuda_quantize_acts_static(-1, NULL, 9, 0, 3, NULL, -1.0f, NULL, NULL), DGQ_STATUS_UNSUPPORTED,
+           "CUDA");
     EXPECT(dgq_cuda_gemm_workspace_size(NULL, 1, NULL, &bytes), DGQ_STATUS_UNSUPPORTED, "CUDA");
     EXPECT(dgq_cuda_w4a8_gemm(NULL, NULL, 1, NULL, 1, NULL, NULL, DGQ_DTYPE_F16, &gc, NULL, 0, NULL),
            DGQ_STATUS_UNSUPPORTED, "CUDA");

@@ -44,12 +44,24 @@ struct Args {
     /// Target milliseconds of GPU time per measurement.
     #[arg(long, default_value_t = 25.0)]
     target_ms: f64,
-    /// Kernel choice for dgq: auto, decode, prefill, prefill-mma (for tuning the heuristics).
+    /// Kernel choice for dgq: auto, decode, wgmma, mma (for tuning the heuristics).
     #[arg(long, default_value = "auto")]
     kernel: String,
     /// Split-K factor for dgq (0: heuristic).
     #[arg(long, default_value_t = 0)]
     split_k: u32,
+    /// Launch without programmatic dependent launch.
+    #[arg(long)]
+    no_pdl: bool,
+    /// wgmma kernel: per-thread stores instead of the TMA-store epilogue.
+    #[arg(long)]
+    no_tma_store: bool,
+    /// At most this many K parts inside a decode CTA (1: every K part in its own CTA).
+    #[arg(long, default_value_t = 8)]
+    decode_max_cta_parts: u32,
+    /// Force the decode plan: PARTS,SPLIT (K parts per CTA, CTAs along K).
+    #[arg(long)]
+    decode_plan: Option<String>,
     /// Where gpu-bench.md and gpu-bench.json go.
     #[arg(long, default_value = ".")]
     out_dir: std::path::PathBuf,
@@ -64,6 +76,33 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
+}
+
+/// The GEMM configuration the command line asks for (every knob set explicitly).
+fn gemm_config(args: &Args) -> AnyResult<GemmConfig> {
+    let decode_plan = match &args.decode_plan {
+        None => None,
+        Some(v) => {
+            let (p, s) = v
+                .split_once(',')
+                .ok_or_else(|| format!("--decode-plan {v:?} is not PARTS,SPLIT"))?;
+            Some((p.trim().parse()?, s.trim().parse()?))
+        }
+    };
+    Ok(GemmConfig {
+        kernel: match args.kernel.as_str() {
+            "auto" => KernelChoice::Auto,
+            "decode" => KernelChoice::Decode,
+            "wgmma" => KernelChoice::Wgmma,
+            "mma" => KernelChoice::Mma,
+            other => return Err(format!("unknown --kernel {other:?}").into()),
+        },
+        split_k: (args.split_k > 0).then_some(args.split_k),
+        pdl: !args.no_pdl,
+        wgmma_tma_store: !args.no_tma_store,
+        decode_max_cta_parts: args.decode_max_cta_parts,
+        decode_plan,
+    })
 }
 
 fn parse_list(s: &str) -> AnyResult<Vec<usize>> {
@@ -312,6 +351,7 @@ fn main() -> AnyResult<()> {
     let args = Args::parse();
     let shapes = parse_shapes(&args.shapes)?;
     let ms = parse_list(&args.ms)?;
+    let cfg = gemm_config(&args)?;
     let ctx = open_device(0)?;
     let info = device_info(&ctx)?;
     // One stream, no cross-stream tracking: keeps cudarc's event bookkeeping out of the timings.
@@ -320,6 +360,8 @@ fn main() -> AnyResult<()> {
     let stream = ctx.default_stream();
     self_test(&stream)?;
     eprintln!("device: {} ({} SMs)", info.name, info.num_sms);
+    eprintln!("launch limits: {:?}", info.limits);
+    eprintln!("gemm config: {cfg:?}");
 
     // Device-to-device copy bandwidth, counting bytes read plus bytes written.
     let copy_bytes = 1usize << 30;
@@ -362,7 +404,7 @@ fn main() -> AnyResult<()> {
             .collect::<std::result::Result<_, _>>()?;
         drop(h8);
         let max_m = ms.iter().copied().max().unwrap_or(1);
-        let mut ws = GemmWorkspace::for_shapes_up_to(&stream, &[(n, k)], max_m)?;
+        let mut ws = GemmWorkspace::for_config(&stream, &[(n, k)], max_m, &cfg)?;
         eprintln!(
             "shape {n}x{k}: {nw} DGQ copies ({:.0} MB each), {nh} FP16, {n8} INT8; setup {:.1} s",
             dgq_w[0].gemm_bytes() as f64 / 1e6,
@@ -376,16 +418,6 @@ fn main() -> AnyResult<()> {
             let mut out = stream.alloc_zeros::<f16>(m * n)?;
             let mut out16 = stream.alloc_zeros::<f16>(m * n)?;
             let mut out32 = stream.alloc_zeros::<i32>(m * n)?;
-            let cfg = dgq_cuda::GemmConfig {
-                kernel: match args.kernel.as_str() {
-                    "auto" => KernelChoice::Auto,
-                    "decode" => KernelChoice::Decode,
-                    "prefill" => KernelChoice::Prefill,
-                    "prefill-mma" => KernelChoice::PrefillMma,
-                    other => return Err(format!("unknown --kernel {other:?}").into()),
-                },
-                split_k: (args.split_k > 0).then_some(args.split_k),
-            };
 
             let dgq_us = time_us(&stream, args.target_ms, |i| {
                 let sc = ActScales::PerToken(&sx);
@@ -532,6 +564,8 @@ fn json(rows: &[Row], copy_gbs: f64, info: &DeviceInfo, args: &Args) -> serde_js
         "copy_bandwidth_gbs": copy_gbs,
         "group_size": args.group_size,
         "rotate_mb": args.rotate_mb,
+        "gemm_config": format!("{:?}", gemm_config(args).ok()),
+        "launch_limits": format!("{:?}", info.limits),
         "rows": rows.iter().map(|r| serde_json::json!({
             "n": r.n, "k": r.k, "m": r.m,
             "dgq_us": r.dgq_us,

@@ -38,17 +38,15 @@ typedef enum DgqOutKind {
   DGQ_OUT_I32 = 2,
 } DgqOutKind;
 
-/** Which GEMM kernel to run. */
-typedef enum DgqKernel {
-  /** Decode kernel for small M (see auto_decode in gemm.cu), wgmma prefill kernel above. */
-  DGQ_KERNEL_AUTO = 0,
-  /** Memory-bound split-K kernel (M <= 64). */
-  DGQ_KERNEL_DECODE = 1,
-  /** Tiled tensor-core kernel (any M): warp-specialised Hopper wgmma (N % 128 == 0), else DGQ_KERNEL_PREFILL_MMA. */
-  DGQ_KERNEL_PREFILL = 2,
+/** The GEMM kernels (the values of DgqGemmPlan.kernel). */
+typedef enum DgqGemmKernel {
+  /** Memory-bound kernel for few tokens (M <= 64): mma.sync, K split inside and across CTAs. */
+  DGQ_GEMM_DECODE = 0,
   /** Tiled mma.sync kernel with a cp.async pipeline (any M). */
-  DGQ_KERNEL_PREFILL_MMA = 3,
-} DgqKernel;
+  DGQ_GEMM_MMA = 1,
+  /** Persistent, warp-specialised Hopper wgmma kernel with TMA loads (any M). */
+  DGQ_GEMM_WGMMA = 2,
+} DgqGemmKernel;
 
 /** Input element type of activation quantization. */
 typedef enum DgqInKind {
@@ -56,7 +54,7 @@ typedef enum DgqInKind {
   DGQ_IN_BF16 = 1,
 } DgqInKind;
 
-/** Arguments of dgq_w4a8_gemm. Shapes: N % 128 == 0, K % 128 == 0, group % 64 == 0, K % group == 0. */
+/** Operands of dgq_w4a8_gemm. Shapes: N % 128 == 0, K % 128 == 0, group % 64 == 0, K % group == 0. */
 typedef struct DgqGemmArgs {
   /** int8 activations [M, K] row-major, 16-byte aligned. */
   const int8_t *x;
@@ -84,20 +82,40 @@ typedef struct DgqGemmArgs {
   /** Split-K tile counters (must be zero before first use; kernels leave them zero), length in elements. */
   uint32_t *ws_counters;
   size_t ws_counters_len;
-  /** DgqKernel. */
-  int32_t kernel;
-  /** Split-K factor of the decode or wgmma kernel; 0 = heuristic. */
-  int32_t split_k;
-  /** Number of SMs of the device (for the heuristics). */
-  int32_t num_sms;
 } DgqGemmArgs;
 
-/** Enqueues the W4A8 GEMM Y = (s_x ⊗ s1) · (X_s8 · W_s8ᵀ) (+ bias). */
-int dgq_w4a8_gemm(const DgqGemmArgs *args, void *stream);
+/** How one GEMM launches: made by the host plan (crates/dgq-cuda/src/plan.rs), checked by the
+ *  launcher against what its kernel was compiled for. */
+typedef struct DgqGemmPlan {
+  /** DgqGemmKernel. */
+  int32_t kernel;
+  /** Token tile: 32, 64 or 128 (mma); 64, 128 or 256 (wgmma); unused by decode. */
+  int32_t bm;
+  /** Decode: K parts inside a CTA (a power of two the token-tile count was compiled for). */
+  int32_t parts;
+  /** Decode: CTAs along K per 64-channel row block; wgmma: K splits. > 1 needs the workspace
+   *  (split · M · N partials, 16-byte aligned, and the tile counters). */
+  int32_t split;
+  /** Decode: 64-deep K chunks per part; wgmma: 128-deep stages per split. */
+  int32_t per;
+  /** wgmma: persistent CTAs (at most the SM count). */
+  int32_t grid;
+  /** Decode: dynamic shared memory per CTA in bytes (at least the activation buffers). */
+  int32_t smem;
+  /** Non-zero: launch with programmatic dependent launch (overlaps the previous kernel's tail). */
+  int32_t pdl;
+  /** wgmma, f16/bf16 output: non-zero allows the TMA-store epilogue (used when out is 16-byte
+   *  aligned). */
+  int32_t tma_store;
+} DgqGemmPlan;
 
-/** Workspace (int32 scratch, u32 counters, in elements) the heuristics want for one GEMM shape
- *  with the default kernel choice; a smaller workspace only lowers the split-K factor. */
-void dgq_w4a8_workspace_len(int32_t m, int32_t n, int32_t k, int32_t num_sms, size_t *partials, size_t *counters);
+/** Enqueues the W4A8 GEMM Y = (s_x ⊗ s1) · (X_s8 · W_s8ᵀ) (+ bias) as `plan` says. */
+int dgq_w4a8_gemm(const DgqGemmArgs *args, const DgqGemmPlan *plan, void *stream);
+
+/** Resident CTAs per SM of the decode kernel with `token_tiles` 8-token tiles (1, 2, 4, 8) and
+ *  `parts` K parts per CTA, on the current device (cached after the first query); DGQ_EINVAL for
+ *  a pair that is not compiled. */
+int dgq_decode_ctas_per_sm(int32_t token_tiles, int32_t parts);
 
 /** Arguments of dgq_quantize_acts. K % 8 == 0, x 16-byte aligned, q 8-byte aligned. */
 typedef struct DgqQuantArgs {

@@ -1,4 +1,4 @@
-// wgmma building blocks for the Hopper prefill kernel (gemm_ws.cuh): shared-memory matrix
+// wgmma building blocks for the Hopper prefill kernel (wgmma.cuh): shared-memory matrix
 // descriptors, fences and the register-A INT8 wgmma wrappers. The u4 weights are dequantized
 // in registers and feed wgmma as the register A operand; the activations are the B operand in
 // shared memory (K-major, 128-byte swizzle).

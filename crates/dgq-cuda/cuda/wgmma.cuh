@@ -23,27 +23,27 @@
 
 #include <cuda.h>  // CUtensorMap
 
-#include "gemm_wgmma.cuh"
+#include "wgmma_ops.cuh"
 
 namespace dgq {
 
-constexpr int kWsBN = 128;           // output channels per CTA
-constexpr int kWsChunks = 2;         // 64-deep chunks per stage (BK = 128)
-constexpr int kWsThreads = 384;      // warpgroups 0, 1: consumers; warpgroup 2: producer
-constexpr int kWsConsumerRegs = 208;  // setmaxnreg: 2·128·208 + 128·88 = 384·168, the launch pool
-constexpr int kWsProducerRegs = 88;
-constexpr int kWsGroupM = 8;  // raster: 8 token tiles share each weight tile while it sits in L2
+constexpr int kWgmmaBN = 128;           // output channels per CTA
+constexpr int kWgmmaChunks = 2;         // 64-deep chunks per stage (BK = 128)
+constexpr int kWgmmaThreads = 384;      // warpgroups 0, 1: consumers; warpgroup 2: producer
+constexpr int kWgmmaConsumerRegs = 208;  // setmaxnreg: 2·128·208 + 128·88 = 384·168, the launch pool
+constexpr int kWgmmaProducerRegs = 88;
+constexpr int kWgmmaGroupM = 8;  // raster: 8 token tiles share each weight tile while it sits in L2
 
-// TSTORE: f16/bf16 tiles leave through shared memory and a TMA store (see ws_kernel), which
+// TSTORE: f16/bf16 tiles leave through shared memory and a TMA store (see wgmma_kernel), which
 // needs a 128-channel × BM output tile of shared memory next to the ring (BM = 256: one stage
 // fewer to fit).
 template <int BM, bool TSTORE = false>
-struct WsCfg {
+struct WgmmaCfg {
   static constexpr int kXU4 = BM * 8;                              // BM rows × 128 B
-  static constexpr int kWU4 = (kWsBN / 16) * kWsChunks * 32;       // 8 row tiles × 1 KB
+  static constexpr int kWU4 = (kWgmmaBN / 16) * kWgmmaChunks * 32;       // 8 row tiles × 1 KB
   static constexpr int kStageU4 = kXU4 + kWU4;                     // a multiple of 1 KB
   static constexpr int kStages = BM == 256 ? (TSTORE ? 4 : 5) : 8;  // ≤ 200 KB of ring (more measured the same)
-  static constexpr int kOutU4 = TSTORE ? BM * kWsBN * 2 / 16 : 0;  // two [BM][64] 16-bit boxes
+  static constexpr int kOutU4 = TSTORE ? BM * kWgmmaBN * 2 / 16 : 0;  // two [BM][64] 16-bit boxes
   static constexpr size_t kSmem = static_cast<size_t>(kStages * kStageU4 + kOutU4) * 16 + 2 * kStages * 8;
   // Stages of meta words loaded ahead into the consumers' register ring (BM = 256 has no
   // registers for four, and its stages are long enough for two).
@@ -128,27 +128,27 @@ __device__ __forceinline__ void wgmma_rs(int32_t (&d)[BM / 2], const uint32_t (&
 // epilogue of the previous one. With split > 1 every item writes its INT32 partial tile to the
 // workspace and the last item of a tile (atomic ticket) reduces the splits and runs the
 // epilogue, then rearms the tile's counter.
-struct WsItem {
+struct WgmmaItem {
   int tile, tile_n, m_base, rt0, kt_begin, kt_total, s;
 };
 
 template <int BM>
-__device__ __forceinline__ WsItem ws_item(const GemmParams &p, int w, int tiles, int stages_per_split) {
-  WsItem it;
-  const int tiles_n = p.n / kWsBN;
+__device__ __forceinline__ WgmmaItem wgmma_item(const GemmParams &p, int w, int tiles, int stages_per_split) {
+  WgmmaItem it;
+  const int tiles_n = p.n / kWgmmaBN;
   const int tiles_m = (p.m + BM - 1) / BM;
   it.tile = w % tiles;
   it.s = w / tiles;
-  const int in_group = kWsGroupM * tiles_n;
-  const int first_m = (it.tile / in_group) * kWsGroupM;
-  const int group_m = min(tiles_m - first_m, kWsGroupM);
+  const int in_group = kWgmmaGroupM * tiles_n;
+  const int first_m = (it.tile / in_group) * kWgmmaGroupM;
+  const int group_m = min(tiles_m - first_m, kWgmmaGroupM);
   const int tile_m = first_m + (it.tile % in_group) % group_m;
   it.tile_n = (it.tile % in_group) / group_m;
   it.m_base = tile_m * BM;
-  it.rt0 = it.tile_n * (kWsBN / 16);
+  it.rt0 = it.tile_n * (kWgmmaBN / 16);
   const int kc = p.k / kChunkK;
   it.kt_begin = it.s * stages_per_split;
-  it.kt_total = min(kc / kWsChunks, it.kt_begin + stages_per_split) - it.kt_begin;
+  it.kt_total = min(kc / kWgmmaChunks, it.kt_begin + stages_per_split) - it.kt_begin;
   return it;
 }
 
@@ -157,10 +157,10 @@ __device__ __forceinline__ WsItem ws_item(const GemmParams &p, int w, int tiles,
 // the tensor map), so the consumers go on to the next tile's MMAs while it drains; otherwise
 // every thread stores its channel pairs to global memory itself.
 template <int BM, int OUT, bool TSTORE>
-__global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, const __grid_constant__ CUtensorMap tmap_x,
+__global__ void __launch_bounds__(kWgmmaThreads, 1) wgmma_kernel(const GemmParams p, const __grid_constant__ CUtensorMap tmap_x,
                                                            const __grid_constant__ CUtensorMap tmap_out,
                                                            const int split, const int stages_per_split) {
-  using C = WsCfg<BM, TSTORE>;
+  using C = WgmmaCfg<BM, TSTORE>;
   static_assert(!TSTORE || OUT != DGQ_OUT_I32, "the TMA-store epilogue writes 16-bit outputs");
   extern __shared__ __align__(1024) uint4 smem[];
   uint64_t *full = reinterpret_cast<uint64_t *>(smem + C::kStages * C::kStageU4 + C::kOutU4);
@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
   const int tid = threadIdx.x, lane = tid & 31;
   const int wg = tid >> 7;
 
-  const int tiles = (p.n / kWsBN) * ((p.m + BM - 1) / BM);
+  const int tiles = (p.n / kWgmmaBN) * ((p.m + BM - 1) / BM);
   const int items = tiles * split;
   const int kc = p.k / kChunkK;
   const int ng = p.k / p.group_size;
@@ -190,7 +190,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
 
   if (wg == 2) {
     // ---------------------------------- producer ----------------------------------
-    setmaxnreg_dec<kWsProducerRegs>();
+    setmaxnreg_dec<kWgmmaProducerRegs>();
     if (tid != 256) return;
     // One thread issues every copy in straight-line code (spread over a warp's lanes, the
     // compiler serialises bulk copies through an elect loop anyway).
@@ -198,19 +198,19 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
     const size_t wrow = static_cast<size_t>(kc) * 32;  // uint4 per row tile
     int slot = 0, round = 0;  // of the next stage to load
     for (int w = w0; w < items; w += stride) {
-      const WsItem it = ws_item<BM>(p, w, tiles, stages_per_split);
+      const WgmmaItem it = wgmma_item<BM>(p, w, tiles, stages_per_split);
       const uint4 *wsrc =
-          p.wq + static_cast<size_t>(it.rt0) * kc * 32 + static_cast<size_t>(it.kt_begin) * (kWsChunks * 32);
+          p.wq + static_cast<size_t>(it.rt0) * kc * 32 + static_cast<size_t>(it.kt_begin) * (kWgmmaChunks * 32);
       for (int kt = 0; kt < it.kt_total; ++kt) {
         if (round > 0) mbar_wait(empty + slot, (round - 1) & 1);
         uint4 *sx = smem + slot * C::kStageU4;
         // The TMA box counts in full even where its rows lie past M (zero-filled).
         mbar_arrive_expect_tx(full + slot, (C::kWU4 + C::kXU4) * 16);
         tma_load_2d(sx, &tmap_x, (it.kt_begin + kt) * 128, it.m_base, full + slot);
-        const uint4 *ws = wsrc + static_cast<size_t>(kt) * (kWsChunks * 32);
+        const uint4 *ws = wsrc + static_cast<size_t>(kt) * (kWgmmaChunks * 32);
 #pragma unroll
-        for (int r = 0; r < kWsBN / 16; ++r) {
-          bulk_copy_g2s(sx + C::kXU4 + r * (kWsChunks * 32), ws + r * wrow, kWsChunks * 32 * 16, full + slot);
+        for (int r = 0; r < kWgmmaBN / 16; ++r) {
+          bulk_copy_g2s(sx + C::kXU4 + r * (kWgmmaChunks * 32), ws + r * wrow, kWgmmaChunks * 32 * 16, full + slot);
         }
         if (++slot == C::kStages) {
           slot = 0;
@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
   }
 
   // ---------------------------------- consumers ----------------------------------
-  setmaxnreg_inc<kWsConsumerRegs>();
+  setmaxnreg_inc<kWgmmaConsumerRegs>();
   const int warp_in_wg = (tid >> 5) & 3;
   const int g = lane >> 2, t = lane & 3;
   const int rtl = wg * 4 + warp_in_wg;  // this warp's 16-channel row tile within the CTA
@@ -239,7 +239,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
     if (lane == 0) mbar_arrive(empty + (slot >= back ? slot - back : slot + C::kStages - back));
   };
   for (int w = w0; w < items; w += stride) {
-    const WsItem it = ws_item<BM>(p, w, tiles, stages_per_split);
+    const WgmmaItem it = wgmma_item<BM>(p, w, tiles, stages_per_split);
     int32_t acc[BM / 2];
 #pragma unroll
     for (int i = 0; i < BM / 2; ++i) acc[i] = 0;
@@ -249,12 +249,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
     // ring: loaded only just before the stage, their global-load latency was exposed once per
     // stage (the stage's wgmma work at BM = 64 is far shorter than an L2 or HBM round trip).
     // Group of the next chunk to load, tracked incrementally (no division in the loop).
-    int grp = (it.kt_begin * kWsChunks) / p.chunks_per_group;
-    int in_grp = (it.kt_begin * kWsChunks) % p.chunks_per_group;
-    uint32_t mring[C::kMetaAhead][kWsChunks];
-    auto load_meta = [&](uint32_t(&m)[kWsChunks]) {
+    int grp = (it.kt_begin * kWgmmaChunks) / p.chunks_per_group;
+    int in_grp = (it.kt_begin * kWgmmaChunks) % p.chunks_per_group;
+    uint32_t mring[C::kMetaAhead][kWgmmaChunks];
+    auto load_meta = [&](uint32_t(&m)[kWgmmaChunks]) {
 #pragma unroll
-      for (int c = 0; c < kWsChunks; ++c) {
+      for (int c = 0; c < kWgmmaChunks; ++c) {
         m[c] = __ldg(meta_row + static_cast<size_t>(grp) * 8);
         if (++in_grp == p.chunks_per_group) {
           in_grp = 0;
@@ -267,14 +267,14 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
       if (j < it.kt_total) load_meta(mring[j]);
     }
 
-    auto stage = [&](int kt, uint32_t(&a0)[2][4], uint32_t(&a1)[2][4], uint32_t(&meta)[kWsChunks]) {
+    auto stage = [&](int kt, uint32_t(&a0)[2][4], uint32_t(&a1)[2][4], uint32_t(&meta)[kWgmmaChunks]) {
       mbar_wait(full + slot, round & 1);
       const uint4 *sx = smem + slot * C::kStageU4;
       const uint4 *sw = sx + C::kXU4;
 #pragma unroll
-      for (int c = 0; c < kWsChunks; ++c) {
+      for (int c = 0; c < kWgmmaChunks; ++c) {
         uint32_t(&ac)[2][4] = c == 0 ? a0 : a1;
-        dequant(sw[(rtl * kWsChunks + c) * 32 + lane], meta[c], ac);
+        dequant(sw[(rtl * kWgmmaChunks + c) * 32 + lane], meta[c], ac);
         wgmma_fence();
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
@@ -391,7 +391,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
         if (tid == 0) {
 #pragma unroll
           for (int q = 0; q < 2; ++q) {
-            tma_store_2d(&tmap_out, staging + q * (BM * 128), it.tile_n * kWsBN + 64 * q, it.m_base);
+            tma_store_2d(&tmap_out, staging + q * (BM * 128), it.tile_n * kWgmmaBN + 64 * q, it.m_base);
           }
           asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
         }
@@ -415,7 +415,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) ws_kernel(const GemmParams p, c
     consumer_sync();
     if (is_last) {
       __threadfence();
-      splitk_reduce<OUT, 4>(p, split, it.m_base, min(BM, p.m - it.m_base), it.tile_n * kWsBN, kWsBN, tid, 256);
+      splitk_reduce<OUT, 4>(p, split, it.m_base, min(BM, p.m - it.m_base), it.tile_n * kWgmmaBN, kWgmmaBN, tid, 256);
       if (tid == 0) p.ws_counters[it.tile] = 0u;
     }
     consumer_sync();  // is_last is read by every consumer before the next item may rewrite it

@@ -192,7 +192,7 @@ pub fn check_source(model: &Model, packed: &PackedModel) -> Result<SourceCheck> 
 
 /// A linear or norm tensor of the file, ready to install at a position in `Model::layers`.
 enum Install {
-    Linear(usize, LinearSlot, QuantLinear),
+    Linear(usize, LinearSlot, Box<QuantLinear>),
     Norm(usize, NormSlot, bool, Array1<f32>),
 }
 
@@ -235,7 +235,7 @@ pub fn apply_packed(model: &mut Model, packed: &PackedModel, exec: Exec) -> Resu
                     format!("the file's linear is {fq:?}, the model's {fm:?} ([N, K])"),
                 ));
             }
-            plan.push(Install::Linear(pos, slot, q));
+            plan.push(Install::Linear(pos, slot, Box::new(q)));
             used.insert(key.as_str());
         }
         for ns in [NormSlot::Attn, NormSlot::Mlp] {
@@ -292,7 +292,7 @@ pub fn apply_packed(model: &mut Model, packed: &PackedModel, exec: Exec) -> Resu
         match item {
             Install::Linear(pos, slot, q) => {
                 if let Some(layer) = model.layers.get_mut(pos) {
-                    layer.linear_mut(slot)?.replace(Box::new(q))?;
+                    layer.linear_mut(slot)?.replace(q)?;
                 }
             }
             Install::Norm(pos, ns, is_bias, v) => {

@@ -32,7 +32,7 @@ for line in sys.stdin:
 
 gpu=$(exe_of dgq-cuda gpu)
 capi=$(exe_of dgq-capi cuda --features cuda)
-cargo build --release -p dgq-cuda --features bench --bin dgq-gpu-bench
+cargo build --release -p dgq-gpu-bench
 [[ -n "$gpu" && -n "$capi" ]] || { echo "test executables not found" >&2; exit 1; }
 cp "$gpu" "$dir/gpu-tests"
 cp "$capi" "$dir/capi-cuda-tests"

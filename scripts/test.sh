@@ -104,9 +104,8 @@ fi
 # --- Static checks ----------------------------------------------------------------------------
 
 step "cargo fmt --check" cargo fmt --all -- --check
-# dgq-cuda/bench adds the GPU benchmark binary (and its clap/serde_json), so that it is linted too.
 step "clippy (default features)" \
-  cargo clippy "${locked[@]}" --workspace --all-targets --features dgq-cuda/bench -- -D warnings
+  cargo clippy "${locked[@]}" --workspace --all-targets -- -D warnings
 if [[ $cuda_toolchain -eq 1 ]]; then
   # --all-features turns on `cuda` in every crate that has it (dgq, dgq-cuda, later dgq-capi).
   step "clippy (all features, CUDA)" \

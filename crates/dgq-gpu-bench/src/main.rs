@@ -14,10 +14,11 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use clap::Parser;
-use cudarc::cublas::{sys as bsys, CudaBlas, Gemm, GemmConfig as BlasConfig};
-use cudarc::cublaslt::{result as lt, sys as ltsys};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use dgq_cuda::cudarc::cublas::{sys as bsys, CudaBlas, Gemm, GemmConfig as BlasConfig};
+use dgq_cuda::cudarc::cublaslt::{result as lt, sys as ltsys};
+use dgq_cuda::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use dgq_cuda::*;
+use dgq_testkit::SplitMix64;
 use half::f16;
 use rayon::prelude::*;
 
@@ -65,17 +66,6 @@ struct Args {
     /// Where gpu-bench.md and gpu-bench.json go.
     #[arg(long, default_value = ".")]
     out_dir: std::path::PathBuf,
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 /// The GEMM configuration the command line asks for (every knob set explicitly).
@@ -131,18 +121,19 @@ fn parse_shapes(s: &str) -> AnyResult<Vec<(usize, usize)>> {
 fn random_dgq(n: usize, k: usize, gs: usize, seed: u64) -> AnyResult<dgq_core::DualGrainedWeight> {
     use dgq_core::quant::dual_grained::q_bounds;
     let ng = k / gs;
-    let mut rng = Rng(seed);
-    let s2 = ndarray::Array2::from_shape_fn((n, ng), |_| 1 + (rng.next() % 16) as i8);
-    let zeros = ndarray::Array2::from_shape_fn((n, ng), |_| (rng.next() % 16) as i8);
+    let mut rng = SplitMix64::new(seed);
+    let s2 = ndarray::Array2::from_shape_fn((n, ng), |_| 1 + (rng.next_u64() % 16) as i8);
+    let zeros = ndarray::Array2::from_shape_fn((n, ng), |_| (rng.next_u64() % 16) as i8);
     let mut q = ndarray::Array2::<u8>::zeros((n, k));
     q.axis_iter_mut(ndarray::Axis(0))
         .into_par_iter()
         .enumerate()
         .for_each(|(r, mut row)| {
-            let mut rng = Rng(seed ^ (r as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
+            let mut rng =
+                SplitMix64::new(seed ^ (r as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
             for (c, v) in row.iter_mut().enumerate() {
                 let (lo, hi) = q_bounds(zeros[[r, c / gs]] as i32, s2[[r, c / gs]] as i32);
-                *v = (lo + (rng.next() % (hi - lo + 1) as u64) as i32) as u8;
+                *v = (lo + (rng.next_u64() % (hi - lo + 1) as u64) as i32) as u8;
             }
         });
     let s1 = ndarray::Array1::from_shape_fn(n, |i| f16::from_f32(1e-3 * (1.0 + (i % 7) as f32)));
@@ -153,8 +144,8 @@ fn random_f16(len: usize, seed: u64) -> Vec<f16> {
     (0..len)
         .into_par_iter()
         .map(|i| {
-            let mut r = Rng(seed ^ (i as u64).wrapping_mul(0x9e37_79b9));
-            f16::from_f32(((r.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1)
+            let mut r = SplitMix64::new(seed ^ (i as u64).wrapping_mul(0x9e37_79b9));
+            f16::from_f32(((r.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1)
         })
         .collect()
 }
@@ -163,8 +154,8 @@ fn random_i8(len: usize, seed: u64) -> Vec<i8> {
     (0..len)
         .into_par_iter()
         .map(|i| {
-            let mut r = Rng(seed ^ (i as u64).wrapping_mul(0x9e37_79b9));
-            ((r.next() % 255) as i32 - 127) as i8
+            let mut r = SplitMix64::new(seed ^ (i as u64).wrapping_mul(0x9e37_79b9));
+            ((r.next_u64() % 255) as i32 - 127) as i8
         })
         .collect()
 }
@@ -181,7 +172,7 @@ fn time_us(
     mut f: impl FnMut(usize) -> AnyResult<()>,
 ) -> AnyResult<f64> {
     let ctx = stream.context();
-    let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let timing = Some(dgq_cuda::cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
     let start = ctx.new_event(timing)?;
     let stop = ctx.new_event(timing)?;
     for i in 0..3 {

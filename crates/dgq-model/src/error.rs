@@ -92,6 +92,17 @@ pub enum Error {
         value: String,
         reason: &'static str,
     },
+    /// A sequence would grow past the decoder's context (prompt too long, or generation ran
+    /// out of room).
+    #[error("the sequence would hold {held} + {adding} tokens, more than the context of {max}")]
+    ContextOverflow {
+        /// Tokens already held.
+        held: usize,
+        /// Tokens being appended.
+        adding: usize,
+        /// The decoder's context.
+        max: usize,
+    },
     /// A packed file does not fit the model it is applied to: a layer the model lacks, one
     /// of another shape, or a linear of the model the file lacks.
     #[error("the packed file does not fit this model: {layer}: {reason}")]

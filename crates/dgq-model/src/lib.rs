@@ -40,6 +40,7 @@
 
 pub mod calib;
 pub mod config;
+pub mod decoder;
 pub mod error;
 mod gguf;
 pub mod layer;
@@ -59,6 +60,7 @@ mod weights;
 
 pub use calib::{sample_windows, CalibConfig};
 pub use config::{Family, ModelConfig};
+pub use decoder::{CpuDecoder, Decoder};
 pub use error::{Error, Result};
 pub use layer::{AttentionSpec, CaptureHook, DecoderLayer, LayerKvCache, Mlp, NormSlot};
 pub use linear::{FloatLinear, InputSite, Linear, LinearOp, LinearSlot};

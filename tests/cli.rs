@@ -271,7 +271,7 @@ fn a_group_size_that_does_not_divide_k_is_announced_before_the_run() {
         "{err}"
     );
     assert!(
-        notes[1].contains("K = 192: 1 linears") && notes[1].contains("group size 96"),
+        notes[1].contains("K = 192: 1 linears") && notes[1].contains("group size 64"),
         "{err}"
     );
     // Printed before the run starts (the run's summary line comes after).
@@ -282,7 +282,7 @@ fn a_group_size_that_does_not_divide_k_is_announced_before_the_run() {
     );
     let j: serde_json::Value =
         serde_json::from_slice(&dgq(&["inspect", s(&out), "--json"]).stdout).unwrap();
-    assert_eq!(j["metadata"]["dgq.group_sizes"], "g64×6 g96×1");
+    assert_eq!(j["metadata"]["dgq.group_sizes"], "g64×7");
 }
 
 #[test]

@@ -71,7 +71,7 @@ struct QuantizeArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Group size of W4 weights: a power of two from 16 to 1024. A layer whose K it does not
-    /// divide uses the largest even divisor of K below it (printed before the run).
+    /// divide uses the largest power of two that divides K (printed before the run).
     #[arg(long, default_value_t = 128)]
     group_size: usize,
     /// SmoothQuant α.
@@ -246,7 +246,7 @@ fn check_group_size(g: usize) -> Result<()> {
 }
 
 /// Prints, before the run, which linears cannot use the requested group size and what they use
-/// instead (the largest even divisor of K below it), one line per K; an error if some K has none.
+/// instead (the largest power of two dividing K), one line per K; an error if some K has none.
 fn note_group_fallbacks(model: &Model, requested: usize) -> Result<()> {
     let mut by_k: BTreeMap<usize, usize> = BTreeMap::new();
     for layer in &model.layers {
@@ -259,9 +259,11 @@ fn note_group_fallbacks(model: &Model, requested: usize) -> Result<()> {
             Some(g) if g == requested => {}
             Some(g) => note!(
                 "note: --group-size {requested} does not divide K = {k}: {count} linears with \
-                 that K use group size {g}, the largest even divisor of K below it"
+                 that K use group size {g}, the largest power of two dividing K"
             ),
-            None => bail!("--group-size {requested}: K = {k} has no even divisor to group by"),
+            None => {
+                bail!("--group-size {requested}: K = {k} is odd: no power-of-two group divides it")
+            }
         }
     }
     Ok(())

@@ -130,8 +130,8 @@ impl Method {
 pub struct QuantizeConfig {
     /// The recipe.
     pub method: Method,
-    /// Requested group size along K for W4 schemes; per layer the largest even divisor of K not
-    /// above it is used (recorded in the report and the file).
+    /// Requested group size along K for W4 schemes; per layer the largest power of two dividing K
+    /// and not above it is used (recorded in the report and the file).
     pub group_size: usize,
     /// SmoothQuant migration strength α.
     pub smoothquant_alpha: f32,
@@ -160,11 +160,22 @@ impl Default for QuantizeConfig {
     }
 }
 
-/// The largest even divisor of `k` that is at most `requested` (`None` if there is none).
+/// The group size a linear with `k` inputs uses when `requested` is asked for: the largest power
+/// of two that divides `k` and is at most `requested` (at least 2; `None` for odd `k`).
+///
+/// Powers of two because those are the groups GPU kernels tile (32, 64, 128): SmolLM2's K = 576
+/// at a requested 128 gets 64, not the even divisor 96 that no kernel takes.
 pub fn effective_group_size(k: usize, requested: usize) -> Option<usize> {
-    (2..=requested.min(k))
-        .rev()
-        .find(|g| g % 2 == 0 && k % g == 0)
+    if k == 0 {
+        return None;
+    }
+    // The largest power of two dividing k, capped by the largest power of two ≤ requested.
+    let cap = match requested {
+        0 | 1 => return None,
+        r => 1usize << (usize::BITS - 1 - r.leading_zeros()),
+    };
+    let g = (1usize << k.trailing_zeros()).min(cap);
+    (g >= 2).then_some(g)
 }
 
 /// What happened to one linear layer.
@@ -640,7 +651,7 @@ fn quantize_slot(
             Error::config(
                 "group_size",
                 requested,
-                format!("{name}: K = {k} has no even divisor at most this large"),
+                format!("{name}: K = {k} is odd: no power-of-two group divides it"),
             )
         })
     };

@@ -238,7 +238,13 @@ fn packed_file_from_another_model_is_refused() {
 
 #[test]
 fn group_size_falls_back_to_a_divisor() {
-    assert_eq!(effective_group_size(576, 128), Some(96));
+    assert_eq!(effective_group_size(576, 128), Some(64));
+    assert_eq!(effective_group_size(896, 128), Some(128));
+    assert_eq!(effective_group_size(4864, 1024), Some(256));
+    assert_eq!(effective_group_size(96, 100), Some(32));
+    assert_eq!(effective_group_size(6, 128), Some(2));
+    assert_eq!(effective_group_size(576, 1), None);
+    assert_eq!(effective_group_size(0, 128), None);
     assert_eq!(effective_group_size(576, 64), Some(64));
     assert_eq!(effective_group_size(1536, 128), Some(128));
     assert_eq!(effective_group_size(7, 128), None);
